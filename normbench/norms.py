@@ -43,6 +43,7 @@ __all__ = [
     "LocalResponseNorm",
     "build_norm",
     "norm_names",
+    "resolved_params",
     "register_norm",
 ]
 
@@ -370,11 +371,24 @@ def local_response_norm(
     default region) and Caffe cifar10_full's for ``region="within"`` (where k = 1, the
     value Caffe fixes).
     """
+    return LocalResponseNorm(**_lrn_params(preset, dict(region=region, size=size, alpha=alpha, beta=beta, k=k,
+                                                         alpha_scaling=alpha_scaling)))
+
+
+def _lrn_params(preset: str | None, given: dict[str, Any]) -> dict[str, Any]:
     if preset is not None:
         _choice("lrn", "preset", preset, tuple(LRN_PRESETS))
     else:
-        _choice("lrn", "region", region or "across", ("across", "within"))
-        preset = _LRN_REGION_DEFAULT_PRESET[region or "across"]
-    given = dict(region=region, size=size, alpha=alpha, beta=beta, k=k, alpha_scaling=alpha_scaling)
-    params = {**LRN_PRESETS[preset], **{key: v for key, v in given.items() if v is not None}}
-    return LocalResponseNorm(**params)
+        region = given.get("region") or "across"
+        preset = _LRN_REGION_DEFAULT_PRESET[_choice("lrn", "region", region, ("across", "within"))]
+    return {**LRN_PRESETS[preset], **{key: v for key, v in given.items() if v is not None}}
+
+
+def resolved_params(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The parameters a spec actually runs with: its own values over the layer's defaults,
+    LRN presets expanded (what a run record stores as ``norm_params``)."""
+    name = spec["name"]
+    params = {**norm_parameters(name), **{k: spec[k] for k in spec if k != "name" and k not in PLACEMENT_KEYS}}
+    if name == "lrn":
+        params = _lrn_params(params.pop("preset"), params)
+    return {k: v for k, v in params.items() if v is not None}

@@ -1,0 +1,194 @@
+"""The LightningModule: cross-entropy step, epoch metrics, SGD, lr scaling and schedule.
+
+Nothing here reads a device value every step: losses and correct counts accumulate in
+device tensors and are read once per epoch, and the divergence check reads one scalar every
+``check_every_n_steps`` steps. (``self.log(..., on_step=True)`` or a per-step ``.item()``
+would force a host-device sync each step, which dominates small-batch GPU runs.)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from normbench.errors import ConfigError
+
+log = logging.getLogger("normbench")
+
+LR_SCALINGS = ("linear", "sqrt", "none")
+SCHEDULES = ("cosine", "multistep", "constant")
+
+
+class Diverged(Exception):
+    """The training loss became NaN or infinite at ``step`` (0-based optimizer step)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"non-finite training loss at step {step}")
+        self.step = step
+
+
+def scaled_lr(base_lr: float, batch_size: int, base_batch: int, scaling: str) -> float:
+    """The learning rate for ``batch_size``: ``base_lr * (N / base_batch)`` for ``linear``
+    (GN paper, Sec. 4.1; Goyal et al. 2017), ``* sqrt(N / base_batch)`` for ``sqrt``."""
+    if scaling not in LR_SCALINGS:
+        raise ConfigError(f"optim.lr_scaling={scaling!r} is not valid; allowed: {' | '.join(LR_SCALINGS)}")
+    ratio = batch_size / base_batch
+    return base_lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[scaling]
+
+
+def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: tuple[float, ...], gamma: float) -> float:
+    """Multiplier of the peak lr at optimizer step ``step`` of ``total``: linear warmup over
+    ``warmup`` steps, then cosine to 0, steps of ``gamma`` at ``milestones`` (fractions of
+    ``total``), or constant."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
+    if schedule == "multistep":
+        return gamma ** sum(step >= m * total for m in milestones)
+    return 1.0
+
+
+def check_optim(optim: Mapping[str, Any]) -> None:
+    """Fail before training on an optimizer config that cannot run."""
+    if optim.get("name", "sgd") != "sgd":
+        raise ConfigError(f"optim.name={optim.get('name')!r} is not valid; allowed: sgd")
+    if optim["schedule"] not in SCHEDULES:
+        raise ConfigError(f"optim.schedule={optim['schedule']!r} is not valid; allowed: {' | '.join(SCHEDULES)}")
+    for key in ("base_lr", "momentum", "weight_decay", "warmup_epochs"):
+        v = optim[key]
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (key == "base_lr" and v == 0):
+            raise ConfigError(f"optim.{key}={v!r} is not valid; allowed: a number {'> 0' if key == 'base_lr' else '>= 0'}")
+    if isinstance(optim["base_batch"], bool) or not isinstance(optim["base_batch"], int) or optim["base_batch"] < 1:
+        raise ConfigError(f"optim.base_batch={optim['base_batch']!r} is not valid; allowed: an integer >= 1")
+    scaled_lr(1.0, 1, 1, optim["lr_scaling"])
+
+
+class NormbenchModule(L.LightningModule):
+    """Trains ``model`` with SGD; records per-epoch train and test metrics in ``history``."""
+
+    def __init__(self, model: nn.Module, optim: Mapping[str, Any], batch_size: int, epochs: int,
+                 steps_per_epoch: int, check_every_n_steps: int = 50) -> None:
+        super().__init__()
+        check_optim(optim)
+        self.model = model
+        self.optim = dict(optim)
+        self.batch_size, self.epochs, self.steps_per_epoch = batch_size, epochs, steps_per_epoch
+        self.check_every = max(1, int(check_every_n_steps))
+        self.lr = scaled_lr(optim["base_lr"], batch_size, optim["base_batch"], optim["lr_scaling"])
+        self.history: list[dict[str, float]] = []
+        self._no_bad_step = torch.iinfo(torch.int64).max
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    # --- training ------------------------------------------------------------------------
+
+    def on_train_epoch_start(self) -> None:
+        dev = self.device
+        self._train_loss = torch.zeros((), device=dev)
+        self._train_correct = torch.zeros((), device=dev, dtype=torch.long)
+        self._train_seen = 0
+        self._first_bad = torch.full((), self._no_bad_step, device=dev, dtype=torch.long)
+        self._sync()
+        self._epoch_t0 = time.perf_counter()
+        self._train_s: float | None = None
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        logits = self.model(x)
+        loss = F.cross_entropy(logits, y)
+        with torch.no_grad():
+            d = loss.detach()
+            self._train_loss += d * len(y)
+            self._train_correct += (logits.argmax(1) == y).sum()
+            self._train_seen += len(y)
+            self._first_bad = torch.where(torch.isfinite(d), self._first_bad, self._first_bad.clamp_max(self.global_step))
+        if (batch_idx + 1) % self.check_every == 0:
+            self._raise_if_diverged()
+        return loss
+
+    def _raise_if_diverged(self) -> None:
+        first = int(self._first_bad)  # the one host sync, every check_every steps
+        if first != self._no_bad_step:
+            raise Diverged(first)
+
+    # --- test after every epoch (Lightning's validation loop runs on the test split) ---------
+
+    def on_validation_epoch_start(self) -> None:
+        if getattr(self, "_train_s", 0.0) is None:  # the test pass that ends a training epoch
+            self._sync()
+            self._train_s = time.perf_counter() - self._epoch_t0
+        self._test_loss = torch.zeros((), device=self.device)
+        self._test_correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self._test_seen = 0
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        logits = self.model(x)
+        self._test_loss += F.cross_entropy(logits.float(), y, reduction="sum")
+        self._test_correct += (logits.argmax(1) == y).sum()
+        self._test_seen += len(y)
+
+    def on_train_epoch_end(self) -> None:
+        self._raise_if_diverged()
+        if self._train_s is None:
+            self._sync()
+            self._train_s = time.perf_counter() - self._epoch_t0
+        seen, tseen = max(1, self._train_seen), max(1, self._test_seen)
+        row = {
+            "epoch": self.current_epoch + 1,
+            "train_loss": float(self._train_loss) / seen,
+            "train_acc": int(self._train_correct) / seen,
+            "test_loss": float(self._test_loss) / tseen,
+            "test_acc": int(self._test_correct) / tseen,
+            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
+            "epoch_s": time.perf_counter() - self._epoch_t0,
+            "train_s": self._train_s,
+            "train_images": self._train_seen,
+        }
+        self.history.append(row)
+        if self.logger is not None:
+            # Logged against the epoch, not the step: curves of runs with different batch
+            # sizes (64x apart in steps) then share one x axis in TensorBoard.
+            metrics = {"train/loss": row["train_loss"], "train/acc": row["train_acc"], "test/loss": row["test_loss"],
+                       "test/acc": row["test_acc"], "lr": row["lr"], "epoch_s": row["epoch_s"],
+                       "hp/test_acc": row["test_acc"], "hp/test_loss": row["test_loss"]}
+            self.logger.log_metrics(metrics, step=row["epoch"])
+        log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4g  %.1f s",
+                 row["epoch"], self.epochs, row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"],
+                 row["lr"], row["epoch_s"])
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    # --- optimizer and schedule -----------------------------------------------------------
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.optim
+        opt = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=o["momentum"],
+                              weight_decay=o["weight_decay"], nesterov=bool(o.get("nesterov", False)))
+        total = self.epochs * self.steps_per_epoch
+        warmup = round(o["warmup_epochs"] * self.steps_per_epoch)
+        milestones = tuple(o.get("milestones") or ())
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda step: lr_factor(step, total, warmup, o["schedule"], milestones, o.get("gamma", 0.1))
+        )
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # --- resume ---------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["normbench_history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.history = list(checkpoint.get("normbench_history", []))

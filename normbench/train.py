@@ -1,0 +1,326 @@
+"""Hydra entry point: one config -> one run directory (DESIGN.md, "Run directory").
+
+``run(cfg)`` validates the config, skips a finished run, resumes an unfinished one from
+``ckpt/last.ckpt``, trains with Lightning, and writes ``record.json`` atomically with status
+``ok``, ``diverged`` or ``failed``. Errors a user can fix (bad config, missing data, an
+unwritable folder) end in one line and leave no record.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.loggers import TensorBoardLogger
+from omegaconf import DictConfig, OmegaConf
+
+import normbench
+from normbench import data as datamod
+from normbench.errors import ConfigError, DataError, NormbenchError
+from normbench.models import build_model
+from normbench.norms import resolved_params
+from normbench.module import Diverged, NormbenchModule, check_optim
+from normbench.records import CONFIG, FINISHED, config_hash, read_record, run_key, write_record, write_text_atomic
+
+log = logging.getLogger("normbench")
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+def _quiet_lightning() -> None:
+    """Drop two lines of Lightning's output that say nothing about the run: an advert for a
+    cloud logger, and a deprecation inside Lightning itself (its use of torch's LeafSpec)."""
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: not str(record.msg).startswith("💡 Tip")
+    )
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
+    warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # we log per epoch
+    warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # resume
+
+
+_quiet_lightning()
+
+
+# --- config checks ---------------------------------------------------------------------------
+
+
+def _int_at_least(cfg: dict[str, Any], key: str, low: int, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ConfigError(f"{key}={value!r} is not valid; allowed: an integer >= {low}")
+    return value
+
+
+def check_config(c: dict[str, Any]) -> None:
+    """Checks that need no data or model: fail in one line before anything is loaded."""
+    _int_at_least(c, "batch_size", 1, c.get("batch_size"))
+    _int_at_least(c, "epochs", 1, c.get("epochs"))
+    _int_at_least(c, "seed", 0, c.get("seed"))
+    d = c["data"]
+    datamod.dataset_spec(d["name"])
+    if d["augment"] not in datamod.AUGMENTS:
+        raise ConfigError(f"data.augment={d['augment']!r} is not valid; allowed: {' | '.join(datamod.AUGMENTS)}")
+    for key in ("train_size", "test_size"):
+        if d.get(key) is not None:
+            _int_at_least(c, f"data.{key}", 1, d[key])
+    _int_at_least(c, "data.eval_batch_size", 1, d.get("eval_batch_size"))
+    check_optim(c["optim"])
+    progress = c["trainer"].get("progress", "auto")
+    if progress not in ("auto", "rich", "none"):
+        raise ConfigError(f"trainer.progress={progress!r} is not valid; allowed: auto | rich | none")
+
+
+# --- data ------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_dataset(name: str, root: str, download: bool) -> datamod.Dataset:
+    # A sweep runs its jobs in one process: read the files once, not once per run.
+    return datamod.load_dataset(name, root, allow_download=download)
+
+
+def prepare_data(c: dict[str, Any]) -> tuple[datamod.Dataset, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    d = c["data"]
+    ds = _cached_dataset(d["name"], str(d["root"]), bool(d["download"]))
+    train_x, train_y, test_x, test_y = ds.train_x, ds.train_y, ds.test_x, ds.test_y
+    if d.get("train_size") and d["train_size"] < len(train_y):
+        idx = datamod.balanced_subset(train_y, d["train_size"], ds.num_classes, d["subset_seed"])
+        train_x, train_y = train_x[idx], train_y[idx]
+    if d.get("test_size") and d["test_size"] < len(test_y):
+        idx = datamod.balanced_subset(test_y, d["test_size"], ds.num_classes, d["subset_seed"])
+        test_x, test_y = test_x[idx], test_y[idx]
+    if c["batch_size"] > len(train_y):
+        raise ConfigError(
+            f"batch_size={c['batch_size']} is larger than the training split ({len(train_y)} images "
+            f"in {ds.source}); use a smaller batch_size or a larger data.train_size"
+        )
+    return ds, train_x, train_y, test_x, test_y
+
+
+# --- environment -----------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=1)
+def git_rev() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
+
+
+def peak_mem_mb(device: torch.device) -> float:
+    """Peak GPU memory allocated by torch on CUDA; on CPU the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+# --- TensorBoard -----------------------------------------------------------------------------
+
+
+def log_hparams(logger: TensorBoardLogger, params: dict[str, Any]) -> None:
+    """Fill TensorBoard's HPARAMS tab: ``params`` against hp/test_acc and hp/test_loss.
+
+    Written by hand because ``TensorBoardLogger.log_hyperparams(params, metrics)`` also logs
+    the metrics' placeholder values at step 0, a fake point on every curve.
+    """
+    from torch.utils.tensorboard.summary import hparams
+
+    exp, ssi, sei = hparams(params, {"hp/test_acc": 0.0, "hp/test_loss": 0.0})
+    writer = logger.experiment._get_file_writer()
+    for summary in (exp, ssi, sei):
+        writer.add_summary(summary)
+
+
+# --- one run ---------------------------------------------------------------------------------
+
+
+def _summaries(history: list[dict[str, float]], target: float | None) -> dict[str, Any]:
+    if not history:
+        return {}
+    accs = [h["test_acc"] for h in history]
+    later = history[1:] or history  # the first epoch carries warm-up costs: leave it out
+    train_s = sum(h["train_s"] for h in later)
+    return {
+        "test_acc": accs[-1],
+        "test_loss": history[-1]["test_loss"],
+        "test_acc_last5_median": statistics.median(accs[-5:]),
+        "best_test_acc": max(accs),
+        "epochs_to_target": next((h["epoch"] for h in history if target is not None and h["test_acc"] >= target), None),
+        "train_images_per_s": sum(h["train_images"] for h in later) / train_s if train_s > 0 else None,
+        "epoch_s": statistics.median(h["epoch_s"] for h in later),
+    }
+
+
+def _resume_checkpoint(path: Path) -> str | None:
+    if not path.is_file():
+        return None
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint means: start over
+        log.warning("%s is unreadable (%s): starting this run from scratch", path, type(err).__name__)
+        path.unlink(missing_ok=True)
+        return None
+    return str(path)
+
+
+def make_run_dir(runs: Path, key: str) -> Path:
+    run_dir = runs / key
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(
+            f"paths.runs={str(runs)!r} cannot be written ({err.strerror}); set paths.runs to a writable folder"
+        ) from None
+    return run_dir
+
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train one config into its run directory and return its record."""
+    c: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+    check_config(c)
+    key = run_key(c)
+    runs = Path(c["paths"]["runs"])
+    previous = read_record(runs / key)
+    if previous and previous.get("status") in FINISHED:
+        log.info("skip %s: already finished (%s, test_acc %s)", key, previous["status"], previous.get("test_acc"))
+        return previous
+
+    t = c["trainer"]
+    if t.get("threads"):
+        torch.set_num_threads(_int_at_least(c, "trainer.threads", 1, t["threads"]))
+    ds, train_x, train_y, test_x, test_y = prepare_data(c)
+    L.seed_everything(c["seed"], workers=False, verbose=False)
+    model = build_model(c["model"], c["norm"], ds.image_shape, ds.num_classes, batch_size=c["batch_size"])
+    run_dir = make_run_dir(runs, key)
+    write_text_atomic(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
+
+    logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
+    ckpt_dir = run_dir / "ckpt"
+    callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
+                                            enable_version_counter=False, save_on_train_epoch_end=True)]
+    progress = t.get("progress", "auto")
+    show_bar = progress == "rich" or (progress == "auto" and sys.stdout.isatty())
+    if show_bar:
+        callbacks.append(RichProgressBar(leave=False))
+    trainer = L.Trainer(
+        accelerator=t["accelerator"], devices=t["devices"], precision=t["precision"], max_epochs=c["epochs"],
+        logger=logger, callbacks=callbacks, enable_progress_bar=show_bar, enable_model_summary=False,
+        num_sanity_val_steps=0, deterministic=t.get("deterministic", False), default_root_dir=str(run_dir),
+    )
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")  # TF32 convs/matmuls: the usual GPU setting
+    fmt = torch.channels_last if t.get("channels_last") else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    mean, std = ds.channel_stats()
+    d = c["data"]
+    train_loader = datamod.DeviceLoader(train_x, train_y, c["batch_size"], mean, std, augment=d["augment"],
+                                        shuffle=True, drop_last=True, seed=c["seed"], device=device, memory_format=fmt)
+    test_loader = datamod.DeviceLoader(test_x, test_y, d["eval_batch_size"], mean, std, device=device, memory_format=fmt)
+    module = NormbenchModule(model, c["optim"], c["batch_size"], c["epochs"], len(train_loader),
+                             t.get("check_every_n_steps", 50))
+    log_hparams(logger, {"norm": c["norm"].get("tag") or c["norm"]["name"], "model": c["model"]["name"],
+                         "batch_size": c["batch_size"], "seed": c["seed"], "lr": module.lr, "dataset": d["name"]})
+
+    record: dict[str, Any] = {
+        "run_key": key, "config_hash": config_hash(c), "dataset": d["name"], "model": c["model"]["name"],
+        "norm": c["norm"]["name"], "norm_tag": c["norm"].get("tag") or c["norm"]["name"],
+        "norm_params": resolved_params(c["norm"]),
+        "placement": model.placement, "batch_size": c["batch_size"], "lr": module.lr,
+        "base_lr": c["optim"]["base_lr"], "epochs": c["epochs"], "seed": c["seed"], "augment": d["augment"],
+        "target_acc": c.get("target_acc"), "params": sum(p.numel() for p in model.parameters()),
+        "device": device_name(device), "accelerator": device.type, "precision": str(trainer.precision),
+        "torch": torch.__version__, "lightning": L.__version__, "normbench": normbench.__version__,
+        "git_rev": git_rev(), "started_at": now(),
+    }
+    resume = _resume_checkpoint(ckpt_dir / "last.ckpt")
+    if resume:
+        log.info("resume %s from %s", key, resume)
+    t0 = time.perf_counter()
+    try:
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=test_loader, ckpt_path=resume)
+        record["status"] = "ok"
+    except Diverged as err:
+        record.update(status="diverged", diverged_at_step=err.step, error=str(err))
+        log.warning("%s diverged: %s", key, err)
+    except NormbenchError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any training error is recorded; the sweep goes on
+        record.update(status="failed", error=f"{type(err).__name__}: {err}")
+        log.exception("%s failed", key)
+    record.update(_summaries(module.history, c.get("target_acc")))
+    record.update(history=module.history, total_s=time.perf_counter() - t0, peak_mem_mb=peak_mem_mb(device),
+                  finished_at=now())
+    write_record(run_dir, record)
+    log.info("%s %s: test_acc %s -> %s", record["status"], key, record.get("test_acc"), run_dir / "record.json")
+    return record
+
+
+# --- entry point -----------------------------------------------------------------------------
+
+
+class SweepSummary(Callback):
+    """Hydra callback: after a sweep, say where its runs are and how to look at them."""
+
+    def __init__(self) -> None:
+        self.statuses: list[str] = []
+
+    def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
+        value = getattr(job_return, "_return_value", None)
+        self.statuses.append(value.get("status", "?") if isinstance(value, dict) else "error")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        runs = config.paths.runs
+        counts = ", ".join(f"{self.statuses.count(s)} {s}" for s in dict.fromkeys(self.statuses))
+        print(f"\nSweep done: {len(self.statuses)} runs ({counts}) under {runs}\n"
+              f"  curves: tensorboard --logdir {runs}\n  tables: normbench report {runs}")
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> dict[str, Any]:
+    try:
+        return run(cfg)
+    except NormbenchError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

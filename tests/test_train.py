@@ -1,0 +1,258 @@
+"""The training path: configs compose, a run writes its directory, relaunch skips,
+an interrupted run resumes, seeds reproduce, bad input fails in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from normbench import module as module_mod
+from normbench.errors import ConfigError, DataError
+from normbench.records import FIELDS, HISTORY_FIELDS, read_record, run_key
+from normbench.train import CONFIG_DIR, run
+
+from conftest import CIFAR10_SUBSET, make_cfg
+
+PRESETS = sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_every_preset_composes_and_sweeps(preset):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"experiment={preset}"], return_hydra_config=True)
+    assert cfg.hydra.sweeper.params, f"{preset} has no sweep"
+    assert cfg.norm.name and cfg.model.name and cfg.batch_size >= 1
+
+
+def test_presets_cover_the_studies():
+    assert {"smoke", "gn_vs_bn", "lrn_ablation", "norm_zoo"} <= set(PRESETS)
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["experiment=gn_vs_bn"], return_hydra_config=True)
+    params = cfg.hydra.sweeper.params
+    assert params.batch_size == "2,4,8,16,32,64,128" and params.norm == "bn,gn" and params.seed == "0,1,2"
+
+
+@pytest.mark.parametrize("norm", ["none", "bn", "ln", "in", "gn", "lrn", "lrn_within"])
+def test_every_norm_config_builds_on_both_models(norm):
+    from normbench.models import build_model
+
+    for model in ("convnet", "alexnet"):
+        cfg = make_cfg([f"norm={norm}", f"model={model}"])
+        net = build_model(cfg.model, cfg.norm, (3, 32, 32), 10, batch_size=2)
+        assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_run_writes_record_config_tensorboard_and_checkpoint(quick):
+    cfg = quick("norm=gn")
+    rec = run(cfg)
+    run_dir = Path(cfg.paths.runs) / rec["run_key"]
+    assert rec["run_key"] == run_key(json.loads(json.dumps(dict(__import__("omegaconf").OmegaConf.to_container(cfg, resolve=True)))))
+    assert run_dir.relative_to(cfg.paths.runs).parts[:4] == ("cifar10", "convnet", "gn", "bs32")
+    on_disk = json.loads((run_dir / "record.json").read_text())
+    assert set(FIELDS) <= set(on_disk)
+    assert on_disk["status"] == "ok" and on_disk["epochs"] == 2 and len(on_disk["history"]) == 2
+    assert all(set(HISTORY_FIELDS) <= set(h) for h in on_disk["history"])
+    assert on_disk["test_acc"] == on_disk["history"][-1]["test_acc"]
+    assert on_disk["norm_params"] == {"groups": 8, "eps": 1e-5, "affine": True}
+    assert on_disk["placement"] == "pre_act"
+    assert on_disk["lr"] == pytest.approx(0.02) and on_disk["train_images_per_s"] > 0
+    assert (run_dir / "config.yaml").read_text().startswith("batch_size: 32")
+    assert (run_dir / "ckpt" / "last.ckpt").is_file()
+    events = list((run_dir / "tb").glob("events.out.tfevents.*"))
+    assert events
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir / "tb"))
+    acc.Reload()
+    scalars = acc.Tags()["scalars"]
+    assert {"train/loss", "test/acc", "lr", "hp/test_acc"} <= set(scalars)
+    assert [e.step for e in acc.Scalars("test/acc")] == [1, 2]  # logged per epoch
+    assert [e.value for e in acc.Scalars("test/acc")] == pytest.approx([h["test_acc"] for h in on_disk["history"]])
+    plugins = acc.PluginTagToContent("hparams")
+    assert "_hparams_/experiment" in plugins and "_hparams_/session_start_info" in plugins
+
+
+def test_synthetic_data_is_learned(quick):
+    rec = run(quick("norm=bn", "epochs=3"))
+    assert rec["test_acc"] > 0.5, rec["history"]
+
+
+def test_relaunch_skips_a_finished_run(quick, caplog):
+    cfg = quick("norm=none")
+    first = run(cfg)
+    path = Path(cfg.paths.runs) / first["run_key"] / "record.json"
+    stamp = path.stat().st_mtime_ns
+    with caplog.at_level("INFO", logger="normbench"):
+        again = run(cfg)
+    assert again == read_record(path.parent)
+    assert path.stat().st_mtime_ns == stamp
+    assert any(m.startswith(f"skip {first['run_key']}: already finished (ok") for m in caplog.messages)
+
+
+class Interrupt(BaseException):
+    """Stands in for a kill: not an Exception, so no record is written."""
+
+
+def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(quick, monkeypatch, tmp_path):
+    reference = run(quick("norm=bn", "epochs=3", f"paths.runs={tmp_path / 'ref'}"))
+
+    original = module_mod.NormbenchModule.on_train_epoch_start
+
+    def crash_in_epoch_two(self):
+        if self.current_epoch == 1:
+            raise Interrupt()
+        original(self)
+
+    cfg = quick("norm=bn", "epochs=3")
+    monkeypatch.setattr(module_mod.NormbenchModule, "on_train_epoch_start", crash_in_epoch_two)
+    with pytest.raises(Interrupt):
+        run(cfg)
+    run_dir = Path(cfg.paths.runs) / reference["run_key"]
+    assert (run_dir / "ckpt" / "last.ckpt").is_file() and read_record(run_dir) is None
+    monkeypatch.setattr(module_mod.NormbenchModule, "on_train_epoch_start", original)
+    resumed = run(cfg)
+    assert resumed["status"] == "ok" and [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
+    for a, b in zip(resumed["history"], reference["history"]):
+        assert (a["train_loss"], a["test_acc"], a["lr"]) == (b["train_loss"], b["test_acc"], b["lr"])
+
+
+def test_truncated_checkpoint_restarts_from_scratch(quick):
+    cfg = quick("norm=none", "epochs=1")
+    rec = run(cfg)
+    run_dir = Path(cfg.paths.runs) / rec["run_key"]
+    (run_dir / "record.json").unlink()
+    ckpt = run_dir / "ckpt" / "last.ckpt"
+    ckpt.write_bytes(ckpt.read_bytes()[:100])
+    again = run(cfg)
+    assert again["status"] == "ok" and again["test_acc"] == rec["test_acc"]
+
+
+def test_same_seed_same_numbers_on_cpu(quick, tmp_path):
+    a = run(quick("norm=lrn_within", "seed=3", f"paths.runs={tmp_path / 'a'}"))
+    b = run(quick("norm=lrn_within", "seed=3", f"paths.runs={tmp_path / 'b'}"))
+    c = run(quick("norm=lrn_within", "seed=4", f"paths.runs={tmp_path / 'c'}"))
+    assert [h["train_loss"] for h in a["history"]] == [h["train_loss"] for h in b["history"]]
+    assert a["test_acc"] == b["test_acc"]
+    assert [h["train_loss"] for h in a["history"]] != [h["train_loss"] for h in c["history"]]
+
+
+def test_divergence_is_recorded_and_does_not_raise(quick):
+    rec = run(quick("norm=none", "optim.base_lr=1e6", "trainer.check_every_n_steps=1"))
+    assert rec["status"] == "diverged"
+    assert rec["diverged_at_step"] is not None and rec["diverged_at_step"] >= 0
+    assert "non-finite training loss" in rec["error"]
+
+
+def test_training_error_is_recorded_as_failed(quick, monkeypatch):
+    def boom(self, batch, batch_idx):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(module_mod.NormbenchModule, "training_step", boom)
+    rec = run(quick("norm=bn"))
+    assert rec["status"] == "failed" and rec["error"] == "RuntimeError: CUDA out of memory (simulated)"
+
+
+def test_lr_scaling_and_schedule():
+    from normbench.module import lr_factor, scaled_lr
+
+    assert scaled_lr(0.1, 2, 32, "linear") == pytest.approx(0.1 * 2 / 32)
+    assert scaled_lr(0.1, 128, 32, "sqrt") == pytest.approx(0.2)
+    assert scaled_lr(0.1, 8, 32, "none") == 0.1
+    assert lr_factor(0, 100, 0, "cosine", (), 0.1) == 1.0
+    assert lr_factor(50, 100, 0, "cosine", (), 0.1) == pytest.approx(0.5)
+    assert lr_factor(4, 100, 10, "cosine", (), 0.1) == pytest.approx(0.5)
+    assert lr_factor(60, 100, 0, "multistep", (0.5, 0.75), 0.1) == pytest.approx(0.1)
+    assert lr_factor(80, 100, 0, "multistep", (0.5, 0.75), 0.1) == pytest.approx(0.01)
+
+
+# --- errors a user sees ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["batch_size=0"], "batch_size=0 is not valid; allowed: an integer >= 1"),
+        (["batch_size=-4"], "batch_size=-4 is not valid; allowed: an integer >= 1"),
+        (["batch_size=100000"], "batch_size=100000 is larger than the training split (320 images"),
+        (["epochs=0"], "epochs=0 is not valid; allowed: an integer >= 1"),
+        (["norm=gn", "norm.groups=5"], "norm.groups=5 is not valid for norm 'gn'; allowed: a divisor of the 32 channels at this site (site conv1)"),
+        (["norm=lrn", "norm.size=4", "norm.alpha_scaling=per_window"], "norm.size=4 is not valid for norm 'lrn'; allowed: an odd integer"),
+        (["norm=bn", "norm.sites=[conv9]"], "norm.sites=['conv9'] names 'conv9', not a conv of model 'convnet'"),
+        (["data.augment=mixup"], "data.augment='mixup' is not valid; allowed: none | flip | crop_flip"),
+        (["optim.lr_scaling=cubic"], "optim.lr_scaling='cubic' is not valid; allowed: linear | sqrt | none"),
+        (["model.width=0"], "model.width=0 is not valid; allowed: a number > 0"),
+    ],
+)
+def test_bad_config_fails_before_training_in_one_line(quick, overrides, message):
+    cfg = quick(*overrides)
+    with pytest.raises(ConfigError) as err:
+        run(cfg)
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not list(Path(cfg.paths.runs).rglob("record.json"))
+
+
+def test_missing_data_names_the_files_expected(quick, tmp_path):
+    with pytest.raises(DataError) as err:
+        run(quick(f"data.root={tmp_path / 'empty'}"))
+    text = str(err.value)
+    assert "cifar10: files not found; expected" in text and "cifar-10-batches-py/{data_batch_1" in text
+    assert "cifar-10-python.tar.gz" in text and "\n" not in text
+
+
+def test_no_network_says_so(quick, tmp_path, monkeypatch):
+    import urllib.error
+    import urllib.request
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("Temporary failure in name resolution")
+
+    monkeypatch.setattr(urllib.request, "urlopen", offline)
+    with pytest.raises(DataError) as err:
+        run(quick(f"data.root={tmp_path / 'empty'}", "data.download=true"))
+    assert "files not found and the download from https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz failed" in str(err.value)
+    assert "Temporary failure in name resolution" in str(err.value)
+
+
+def test_cli_prints_one_line_and_exits_2(cifar_root, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "normbench.cli", "train", "norm=gn", "norm.groups=3", f"data.root={cifar_root}",
+         f"paths.runs={tmp_path}", f"paths.logs={tmp_path / 'logs'}"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert errors == ["error: norm.groups=3 is not valid for norm 'gn'; allowed: a divisor of the 32 channels at this site (site conv1)"]
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_sweep_runs_every_config_and_says_where(cifar_root, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "normbench.cli", "train", "-m", "experiment=smoke", "norm=bn,none", "epochs=1",
+         f"data.root={cifar_root}", f"paths.runs={tmp_path / 'runs'}", f"paths.logs={tmp_path / 'logs'}",
+         "data.train_size=128", "data.test_size=64"],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    records = sorted((tmp_path / "runs").rglob("record.json"))
+    assert [r.parts[-4] for r in records] == ["bn", "none"]
+    assert f"Sweep done: 2 runs (2 ok) under {tmp_path / 'runs'}" in proc.stdout
+    assert f"tensorboard --logdir {tmp_path / 'runs'}" in proc.stdout
+
+
+@pytest.mark.skipif(not CIFAR10_SUBSET, reason="NORMBENCH_CIFAR10_ROOT is not set (real CIFAR-10 data)")
+def test_real_cifar10_bn_convnet_learns(tmp_path):
+    cfg = make_cfg([f"data.root={CIFAR10_SUBSET}", "data.download=false", f"paths.runs={tmp_path}",
+                    "model=convnet", "norm=bn", "batch_size=32", "epochs=2", "trainer.progress=none"])
+    rec = run(cfg)
+    assert rec["status"] == "ok"
+    assert rec["test_acc"] > 0.35, rec["history"]
