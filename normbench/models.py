@@ -113,18 +113,27 @@ def _post(plan: NormPlan, site: str, channels: int) -> tuple[str, nn.Module]:
     return (f"{site}_post_act", plan.layer(site, "post_act", channels))
 
 
-def _flat_features(features: nn.Sequential, input_shape: tuple[int, int, int], model: str) -> int:
+def _site_shapes(features: nn.Sequential, input_shape: tuple[int, int, int], model: str) -> tuple[dict[str, tuple[int, ...]], int]:
+    """The input shape of every norm position, and the flattened output size, for one
+    image: a pass with the norms left out (they never change shapes), so that a norm that
+    cannot run on its map is reported by ``check_statistics``, not by a PyTorch error."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    x = torch.zeros(1, *input_shape)
     try:
         with torch.no_grad():
-            was_training = features.training
-            out = features.eval()(torch.zeros(1, *input_shape))
-            features.train(was_training)
+            for name, m in features.named_children():
+                if name.endswith(("_pre_act", "_post_act")):
+                    shapes[name] = tuple(x.shape)
+                else:
+                    was_training = m.training
+                    x = m.eval()(x)
+                    m.train(was_training)
     except RuntimeError as err:
         raise ConfigError(
             f"model '{model}' cannot take {input_shape[1]}x{input_shape[2]} inputs "
             f"(the maps shrink to nothing: {str(err).splitlines()[0]}); use a larger input"
         ) from None
-    return out[0].numel()
+    return shapes, x[0].numel()
 
 
 CONVNET_SITES = ("conv1", "conv2", "conv3")
@@ -148,7 +157,7 @@ def convnet(plan: NormPlan, input_shape: tuple[int, int, int], num_classes: int,
         _post(plan, "conv3", c3),
     ]
     features = nn.Sequential(OrderedDict(layers))
-    flat = _flat_features(features, input_shape, "convnet")
+    _, flat = _site_shapes(features, input_shape, "convnet")
     classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, num_classes))
     return Net(features, classifier, CONVNET_SITES)
 
@@ -170,7 +179,7 @@ def alexnet(plan: NormPlan, input_shape: tuple[int, int, int], num_classes: int,
             layers.append((f"pool{i}", nn.MaxPool2d(3, 2, padding=1)))
         cin = cout
     features = nn.Sequential(OrderedDict(layers))
-    flat = _flat_features(features, input_shape, "alexnet")
+    _, flat = _site_shapes(features, input_shape, "alexnet")
     classifier = nn.Sequential(
         nn.Flatten(), nn.Dropout(dropout), nn.Linear(flat, hidden), nn.ReLU(inplace=True),
         nn.Dropout(dropout), nn.Linear(hidden, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, num_classes),
@@ -219,19 +228,9 @@ def check_statistics(net: Net, input_shape: tuple[int, int, int], batch_size: in
     """Fail when a norm would compute a statistic over a single value (its output would be
     the bias alone): IN on a 1x1 map, GN with one channel per group on a 1x1 map, LN with one
     channel on a 1x1 map, or BN with batch size 1 on a 1x1 map."""
-    shapes: dict[str, tuple[int, ...]] = {}
-    hooks = [m.register_forward_pre_hook(lambda m, a, key=key: shapes.__setitem__(key, tuple(a[0].shape)))
-             for key, m in net.norms().items()]
-    try:
-        with torch.no_grad():
-            was_training = net.training
-            net.eval()(torch.zeros(1, *input_shape))
-            net.train(was_training)
-    finally:
-        for h in hooks:
-            h.remove()
+    shapes, _ = _site_shapes(net.features, input_shape, type(net).__name__)
     for key, m in net.norms().items():
-        _, c, h, w = shapes[key]
+        _, c, h, w = shapes[key.replace(".", "_")]
         if isinstance(m, nn.BatchNorm2d):
             count, what = batch_size * h * w, f"batch_size={batch_size} x {h}x{w} map"
         elif isinstance(m, nn.GroupNorm):

@@ -8,11 +8,14 @@ records, so this module imports neither torch nor Lightning.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
+import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +46,7 @@ HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
 _NOT_HASHED = {
     "paths": None, "hydra": None, "experiment": None,
     "data": ("root", "download", "eval_batch_size"),
-    "trainer": ("accelerator", "devices", "progress", "check_every_n_steps", "threads"),
+    "trainer": ("accelerator", "devices", "progress", "check_every_n_steps", "threads", "cuda_graphs"),
 }
 
 
@@ -94,6 +97,31 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=1, allow_nan=True, default=str))
 
 
+LOCK = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(run_dir: Path) -> Iterator[str | None]:
+    """Own ``run_dir`` while training it: yields None when this process holds the lock, or
+    the holder's ``pid@host`` when another live process does.
+
+    An exclusive ``flock`` on ``run_dir/.lock``: the kernel drops it when its process dies,
+    however it dies, so a lock left by a killed run never blocks a relaunch.
+    """
+    fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            return
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}".encode(), 0)
+        yield None
+    finally:
+        os.close(fd)
+
+
 def write_record(run_dir: Path, record: Mapping[str, Any]) -> Path:
     """Complete ``record`` to every schema field (missing ones as null) and write it atomically."""
     full = {f: record.get(f) for f in FIELDS}
@@ -105,6 +133,8 @@ def write_record(run_dir: Path, record: Mapping[str, Any]) -> Path:
         raise ValueError(f"record status {full['status']!r} is not one of {STATUSES}")
     path = Path(run_dir) / RECORD
     write_json_atomic(path, full)
+    for stale in Path(run_dir).glob(f".{RECORD}.*.tmp"):  # left by a process killed mid-write
+        stale.unlink(missing_ok=True)
     return path
 
 

@@ -33,11 +33,12 @@ from omegaconf import DictConfig, OmegaConf
 
 import normbench
 from normbench import data as datamod
-from normbench.errors import ConfigError, DataError, NormbenchError
-from normbench.models import build_model
+from normbench.errors import ConfigError, NormbenchError
+from normbench.models import Net, build_model
 from normbench.norms import resolved_params
 from normbench.module import Diverged, NormbenchModule, check_optim
-from normbench.records import CONFIG, FINISHED, config_hash, read_record, run_key, write_record, write_text_atomic
+from normbench.records import (CONFIG, FINISHED, config_hash, read_record, run_key, run_lock, write_record,
+                               write_text_atomic)
 
 log = logging.getLogger("normbench")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -60,7 +61,7 @@ _quiet_lightning()
 # --- config checks ---------------------------------------------------------------------------
 
 
-def _int_at_least(cfg: dict[str, Any], key: str, low: int, value: Any) -> int:
+def _int_at_least(key: str, low: int, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ConfigError(f"{key}={value!r} is not valid; allowed: an integer >= {low}")
     return value
@@ -68,18 +69,23 @@ def _int_at_least(cfg: dict[str, Any], key: str, low: int, value: Any) -> int:
 
 def check_config(c: dict[str, Any]) -> None:
     """Checks that need no data or model: fail in one line before anything is loaded."""
-    _int_at_least(c, "batch_size", 1, c.get("batch_size"))
-    _int_at_least(c, "epochs", 1, c.get("epochs"))
-    _int_at_least(c, "seed", 0, c.get("seed"))
+    _int_at_least("batch_size", 1, c.get("batch_size"))
+    _int_at_least("epochs", 1, c.get("epochs"))
+    _int_at_least("seed", 0, c.get("seed"))
     d = c["data"]
     datamod.dataset_spec(d["name"])
     if d["augment"] not in datamod.AUGMENTS:
         raise ConfigError(f"data.augment={d['augment']!r} is not valid; allowed: {' | '.join(datamod.AUGMENTS)}")
     for key in ("train_size", "test_size"):
         if d.get(key) is not None:
-            _int_at_least(c, f"data.{key}", 1, d[key])
-    _int_at_least(c, "data.eval_batch_size", 1, d.get("eval_batch_size"))
+            _int_at_least(f"data.{key}", 1, d[key])
+    _int_at_least("data.eval_batch_size", 1, d.get("eval_batch_size"))
     check_optim(c["optim"])
+    if c["trainer"].get("cuda_graphs"):
+        on_cpu = c["trainer"]["accelerator"] == "cpu" or not torch.cuda.is_available()
+        if on_cpu:
+            raise ConfigError("trainer.cuda_graphs=true needs a CUDA GPU and this run would be on the CPU; "
+                              "drop trainer.cuda_graphs or run on a GPU")
     progress = c["trainer"].get("progress", "auto")
     if progress not in ("auto", "rich", "none"):
         raise ConfigError(f"trainer.progress={progress!r} is not valid; allowed: auto | rich | none")
@@ -223,12 +229,46 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return previous
 
     t = c["trainer"]
-    if t.get("threads"):
-        torch.set_num_threads(_int_at_least(c, "trainer.threads", 1, t["threads"]))
-    ds, train_x, train_y, test_x, test_y = prepare_data(c)
+    threads = cpu_threads(t.get("threads"))
+    if threads:
+        torch.set_num_threads(threads)
+    # Data, batch size and model are checked before the runs folder is touched: a bad
+    # config leaves nothing behind. The seed comes first: it fixes the model's initial weights.
+    splits = prepare_data(c)
     L.seed_everything(c["seed"], workers=False, verbose=False)
-    model = build_model(c["model"], c["norm"], ds.image_shape, ds.num_classes, batch_size=c["batch_size"])
+    model = build_model(c["model"], c["norm"], splits[0].image_shape, splits[0].num_classes, batch_size=c["batch_size"])
     run_dir = make_run_dir(runs, key)
+    with run_lock(run_dir) as holder:
+        if holder:
+            log.info("skip %s: running in another process (%s)", key, holder)
+            return {"run_key": key, "status": "running elsewhere"}
+        previous = read_record(run_dir)  # it may have finished while we waited to get here
+        if previous and previous.get("status") in FINISHED:
+            log.info("skip %s: already finished (%s)", key, previous["status"])
+            return previous
+        return _train(cfg, c, key, run_dir, splits, model)
+
+
+def cpu_threads(configured: Any) -> int | None:
+    """torch's CPU threads for this run: ``trainer.threads``, else the launcher's
+    ``cpus_per_task`` (each parallel job gets its share), else Slurm's, else torch's default."""
+    if configured is not None:
+        if isinstance(configured, bool) or not isinstance(configured, int) or configured < 1:
+            raise ConfigError(f"trainer.threads={configured!r} is not valid; allowed: an integer >= 1, or null")
+        return configured
+    try:
+        launcher = HydraConfig.get().launcher
+        if launcher.get("cpus_per_task"):
+            return int(launcher.cpus_per_task)
+    except ValueError:  # not running under Hydra (a test or a library call)
+        pass
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    return int(slurm) if slurm and slurm.isdigit() else None
+
+
+def _train(cfg: DictConfig, c: dict[str, Any], key: str, run_dir: Path, splits: tuple, model: Net) -> dict[str, Any]:
+    t = c["trainer"]
+    ds, train_x, train_y, test_x, test_y = splits
     write_text_atomic(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
 
     logger = TensorBoardLogger(save_dir=str(run_dir), name="tb", version="", default_hp_metric=False)
@@ -249,12 +289,19 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         torch.set_float32_matmul_precision("high")  # TF32 convs/matmuls: the usual GPU setting
     fmt = torch.channels_last if t.get("channels_last") else torch.contiguous_format
     model = model.to(memory_format=fmt)
+    trained = model
+    if t.get("cuda_graphs"):
+        # Small batches on a GPU are bound by kernel launches; CUDA graphs replay the whole
+        # forward+backward as one launch. torch.compile's cudagraph trees keep BN's buffer
+        # updates inside the graph; the optimizer and lr schedule stay eager, so they are
+        # exactly as without capture. Train batches have one shape (drop_last).
+        trained = torch.compile(model, mode="reduce-overhead")
     mean, std = ds.channel_stats()
     d = c["data"]
     train_loader = datamod.DeviceLoader(train_x, train_y, c["batch_size"], mean, std, augment=d["augment"],
                                         shuffle=True, drop_last=True, seed=c["seed"], device=device, memory_format=fmt)
     test_loader = datamod.DeviceLoader(test_x, test_y, d["eval_batch_size"], mean, std, device=device, memory_format=fmt)
-    module = NormbenchModule(model, c["optim"], c["batch_size"], c["epochs"], len(train_loader),
+    module = NormbenchModule(trained, c["optim"], c["batch_size"], c["epochs"], len(train_loader),
                              t.get("check_every_n_steps", 50))
     log_hparams(logger, {"norm": c["norm"].get("tag") or c["norm"]["name"], "model": c["model"]["name"],
                          "batch_size": c["batch_size"], "seed": c["seed"], "lr": module.lr, "dataset": d["name"]})
@@ -318,6 +365,8 @@ def main(cfg: DictConfig) -> dict[str, Any]:
     try:
         return run(cfg)
     except NormbenchError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # `normbench train --verbose` sets it
+            raise
         print(f"error: {err}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -191,6 +191,9 @@ def test_lr_scaling_and_schedule():
         (["data.augment=mixup"], "data.augment='mixup' is not valid; allowed: none | flip | crop_flip"),
         (["optim.lr_scaling=cubic"], "optim.lr_scaling='cubic' is not valid; allowed: linear | sqrt | none"),
         (["model.width=0"], "model.width=0 is not valid; allowed: a number > 0"),
+        (["trainer.cuda_graphs=true", "trainer.accelerator=cpu"],
+         "trainer.cuda_graphs=true needs a CUDA GPU and this run would be on the CPU; drop trainer.cuda_graphs or run on a GPU"),
+        (["trainer.threads=0"], "trainer.threads=0 is not valid; allowed: an integer >= 1, or null"),
     ],
 )
 def test_bad_config_fails_before_training_in_one_line(quick, overrides, message):
