@@ -6,8 +6,9 @@ and augmentation (``DeviceLoader``), and the same number of SGD steps run throug
 
   (a) a minimal loop: forward, cross-entropy, backward, optimizer and scheduler step;
   (b) ``normbench.train.run``: the Lightning Trainer with everything a user's run gets
-      (checkpoint callback, TensorBoard logger, per-epoch test pass and record, the rich
-      progress bar, the divergence check).
+      (checkpoint callback, TensorBoard logger, per-epoch test pass and record, the
+      divergence check, and the default ``trainer.progress=auto``: the rich progress bar on
+      a terminal, none when the output goes to a file).
 
 Both are timed the same way: the training phase of epochs 2..E (the first epoch carries
 one-off warm-up costs; the test pass and the checkpoint at epoch end are not training
@@ -98,7 +99,7 @@ def bench_config(norm: str, batch: int, steps: int, epochs: int, runs_dir: Path,
 
     overrides = [f"norm={norm}", f"batch_size={batch}", f"epochs={epochs}", f"data.train_size={steps * batch}",
                  "data.test_size=200", f"paths.runs={runs_dir}", f"trainer.accelerator={accelerator}",
-                 "trainer.progress=rich", f"seed={repeat}"]
+                 "trainer.progress=auto", f"seed={repeat}"]
     if data_root:
         overrides += [f"data.root={data_root}", "data.download=false"]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -133,7 +134,8 @@ def main(argv: list[str] | None = None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--norms", nargs="+", default=list(DEFAULT_NORMS))
     ap.add_argument("--batch-sizes", nargs="+", type=int, default=list(DEFAULT_BATCHES))
-    ap.add_argument("--steps", type=int, default=100, help="training steps per epoch (default 100)")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="training steps per epoch (default: 3200 / batch size, within 25..200)")
     ap.add_argument("--epochs", type=int, default=3, help="epochs per measurement; the first is not timed (default 3)")
     ap.add_argument("--repeats", type=int, default=3, help="alternations of (a) and (b) (default 3)")
     ap.add_argument("--data-root", default=os.environ.get("NORMBENCH_CIFAR10_ROOT"),
@@ -151,21 +153,22 @@ def main(argv: list[str] | None = None) -> int:
     from normbench.train import device_name
 
     where = device_name(torch.device(device))
-    console.print(f"normbench bench: {where}; torch {torch.__version__}; {args.steps} steps x "
-                  f"{args.epochs - 1} timed epochs, {args.repeats} alternations")
+    console.print(f"normbench bench: {where}; torch {torch.__version__}; {args.epochs - 1} timed epochs of "
+                  f"{args.steps or '3200/batch'} steps, {args.repeats} alternations")
     rows = []
     with tempfile.TemporaryDirectory(prefix="normbench-bench-") as tmp:
         data_root = args.data_root or synthetic_root(Path(tmp) / "data")
         for batch in args.batch_sizes:
             for norm in args.norms:
                 plain, ours = [], []
+                steps = args.steps or min(200, max(25, 3200 // batch))
                 for r in range(args.repeats):
-                    cfg = bench_config(norm, batch, args.steps, args.epochs, Path(tmp) / "runs", data_root,
+                    cfg = bench_config(norm, batch, steps, args.epochs, Path(tmp) / "runs", data_root,
                                        args.accelerator, r)
                     plain.append(plain_loop(cfg, args.epochs))
                     ours.append(normbench_path(cfg))
                 ratio = statistics.median(o / p for o, p in zip(ours, plain))
-                rows.append({"device": where, "norm": norm, "batch_size": batch, "steps": args.steps * (args.epochs - 1),
+                rows.append({"device": where, "norm": norm, "batch_size": batch, "steps": steps * (args.epochs - 1),
                              "plain_images_per_s": statistics.median(plain),
                              "normbench_images_per_s": statistics.median(ours), "ratio": ratio,
                              "target": TARGETS.get(batch) if device == "cpu" else None})

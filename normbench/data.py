@@ -356,16 +356,23 @@ class DeviceLoader:
     The split is held as one uint8 tensor (padded by 4 once for ``crop_flip``); each batch is
     a single gather that crops and flips every image with offsets drawn for the whole epoch
     at its start, then one fused scale-and-shift to ``(x / 255 - mean) / std``.
+
+    With ``batches_per_item=k > 1`` each item stacks k consecutive batches, shaped
+    (k, B, C, H, W) and (k, B) (the last item may hold fewer), so that a training loop can
+    take k SGD steps per call; the batches are exactly those of ``batches_per_item=1``.
     """
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: torch.Tensor,
                  std: torch.Tensor, *, augment: str = "none", shuffle: bool = False, drop_last: bool = False,
                  seed: int = 0, device: torch.device | str = "cpu",
-                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+                 memory_format: torch.memory_format = torch.contiguous_format, batches_per_item: int = 1) -> None:
         if augment not in AUGMENTS:
             raise ConfigError(f"data.augment={augment!r} is not valid; allowed: {' | '.join(AUGMENTS)}")
         self.device = torch.device(device)
         self.batch_size, self.augment, self.drop_last = batch_size, augment, drop_last
+        if batches_per_item < 1 or (batches_per_item > 1 and not drop_last):
+            raise ValueError("batches_per_item > 1 needs drop_last=True (every stacked batch full)")
+        self.batches_per_item = batches_per_item
         self.memory_format = memory_format
         self.pad = CROP_PAD if augment == "crop_flip" else 0
         x = images.to(self.device)
@@ -377,9 +384,13 @@ class DeviceLoader:
         self.sampler = EpochSampler(len(labels), seed, shuffle)
         self.batch_sampler = None  # Lightning probes DataLoader's attributes; batching is ours
 
-    def __len__(self) -> int:
+    @property
+    def num_batches(self) -> int:
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __len__(self) -> int:
+        return -(-self.num_batches // self.batches_per_item)
 
     def _epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         n, dev = len(self.sampler), self.device
@@ -399,8 +410,10 @@ class DeviceLoader:
         rows = torch.arange(self.height, device=self.device)
         cols = torch.arange(self.width, device=self.device)
         channels = torch.arange(self.images.shape[1], device=self.device).view(1, -1, 1, 1)
-        for b in range(len(self)):
-            sl = slice(b * self.batch_size, (b + 1) * self.batch_size)
+        b, k = self.batch_size, self.batches_per_item
+        for first in range(0, self.num_batches, k):
+            steps = min(k, self.num_batches - first)
+            sl = slice(first * b, min((first + steps) * b, len(order)))
             idx = order[sl]
             if flip is None:
                 x = self.images[idx]
@@ -408,5 +421,9 @@ class DeviceLoader:
                 r = rows.expand(len(idx), -1) + (dy[sl, None] if dy is not None else 0)
                 c = torch.where(flip[sl, None], cols.flip(0), cols) + (dx[sl, None] if dx is not None else 0)
                 x = self.images[idx.view(-1, 1, 1, 1), channels, r[:, None, :, None], c[:, None, None, :]]
-            x = torch.addcmul(self.shift, x.float(), self.scale).contiguous(memory_format=self.memory_format)
-            yield x, self.labels[idx]
+            x = torch.addcmul(self.shift, x.float(), self.scale)
+            y = self.labels[idx]
+            if k == 1:
+                yield x.contiguous(memory_format=self.memory_format), y
+            else:
+                yield x.view(steps, -1, *x.shape[1:]), y.view(steps, -1)

@@ -4,6 +4,13 @@ Nothing here reads a device value every step: losses and correct counts accumula
 device tensors and are read once per epoch, and the divergence check reads one scalar every
 ``check_every_n_steps`` steps. (``self.log(..., on_step=True)`` or a per-step ``.item()``
 would force a host-device sync each step, which dominates small-batch GPU runs.)
+
+Optimization is manual (Lightning's ``automatic_optimization = False``) so that one
+``training_step`` call can take several SGD steps: the loader may stack k batches per item
+(``DeviceLoader(batches_per_item=k)``), and each is one step with its own forward, backward,
+optimizer and lr-scheduler step, exactly as with k = 1. Lightning's per-call machinery,
+about 1-1.5 ms on a 2-core CPU, then costs 1/k per step: at batch 2 it had cost a quarter to a
+third of normbench's throughput (scripts/bench_overhead.py).
 """
 
 from __future__ import annotations
@@ -76,9 +83,12 @@ class NormbenchModule(L.LightningModule):
     """Trains ``model`` with SGD; records per-epoch train and test metrics in ``history``."""
 
     def __init__(self, model: nn.Module, optim: Mapping[str, Any], batch_size: int, epochs: int,
-                 steps_per_epoch: int, check_every_n_steps: int = 50) -> None:
+                 steps_per_epoch: int, check_every_n_steps: int = 50,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
         super().__init__()
         check_optim(optim)
+        self.automatic_optimization = False
+        self.memory_format = memory_format
         self.model = model
         self.optim = dict(optim)
         self.batch_size, self.epochs, self.steps_per_epoch = batch_size, epochs, steps_per_epoch
@@ -102,19 +112,29 @@ class NormbenchModule(L.LightningModule):
         self._epoch_t0 = time.perf_counter()
         self._train_s: float | None = None
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
         x, y = batch
-        logits = self.model(x)
-        loss = F.cross_entropy(logits, y)
-        with torch.no_grad():
-            d = loss.detach()
-            self._train_loss += d * len(y)
-            self._train_correct += (logits.argmax(1) == y).sum()
-            self._train_seen += len(y)
-            self._first_bad = torch.where(torch.isfinite(d), self._first_bad, self._first_bad.clamp_max(self.global_step))
-        if (batch_idx + 1) % self.check_every == 0:
+        if x.dim() == 4:  # one batch per item; a 5-D item stacks several (see the module docstring)
+            x, y = x[None], y[None]
+        opt, sched = self.optimizers(), self.lr_schedulers()
+        check_before = self.global_step // self.check_every
+        for xb, yb in zip(x, y):
+            logits = self.model(xb.contiguous(memory_format=self.memory_format))
+            loss = F.cross_entropy(logits, yb)
+            opt.zero_grad(set_to_none=True)
+            self.manual_backward(loss)
+            opt.step()
+            sched.step()
+            with torch.no_grad():
+                d = loss.detach()
+                self._train_loss += d * len(yb)
+                self._train_correct += (logits.argmax(1) == yb).sum()
+                # global_step has just counted this step: the step that produced `d` is one before
+                self._first_bad = torch.where(torch.isfinite(d), self._first_bad,
+                                              self._first_bad.clamp_max(self.global_step - 1))
+            self._train_seen += len(yb)
+        if self.global_step // self.check_every != check_before:
             self._raise_if_diverged()
-        return loss
 
     def _raise_if_diverged(self) -> None:
         first = int(self._first_bad)  # the one host sync, every check_every steps

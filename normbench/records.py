@@ -46,7 +46,8 @@ HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
 _NOT_HASHED = {
     "paths": None, "hydra": None, "experiment": None,
     "data": ("root", "download", "eval_batch_size"),
-    "trainer": ("accelerator", "devices", "progress", "check_every_n_steps", "threads", "cuda_graphs"),
+    "trainer": ("accelerator", "devices", "progress", "check_every_n_steps", "threads", "cuda_graphs",
+                "steps_per_call"),
 }
 
 

@@ -146,6 +146,17 @@ def test_same_seed_same_numbers_on_cpu(quick, tmp_path):
     assert [h["train_loss"] for h in a["history"]] != [h["train_loss"] for h in c["history"]]
 
 
+def test_several_steps_per_call_train_exactly_the_same(quick, tmp_path):
+    # batch 4: `auto` stacks 8 batches per Lightning call; the SGD steps must not change.
+    per_step = run(quick("norm=bn", "batch_size=4", "trainer.steps_per_call=1", f"paths.runs={tmp_path / 'a'}"))
+    stacked = run(quick("norm=bn", "batch_size=4", f"paths.runs={tmp_path / 'b'}"))
+    odd = run(quick("norm=bn", "batch_size=4", "trainer.steps_per_call=7", f"paths.runs={tmp_path / 'c'}"))
+    keys = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
+    for a, b, c in zip(per_step["history"], stacked["history"], odd["history"]):
+        assert [a[k] for k in keys] == [b[k] for k in keys] == [c[k] for k in keys]
+    assert per_step["run_key"] == stacked["run_key"]  # the same experiment: same run directory name
+
+
 def test_divergence_is_recorded_and_does_not_raise(quick):
     rec = run(quick("norm=none", "optim.base_lr=1e6", "trainer.check_every_n_steps=1"))
     assert rec["status"] == "diverged"
@@ -194,6 +205,7 @@ def test_lr_scaling_and_schedule():
         (["trainer.cuda_graphs=true", "trainer.accelerator=cpu"],
          "trainer.cuda_graphs=true needs a CUDA GPU and this run would be on the CPU; drop trainer.cuda_graphs or run on a GPU"),
         (["trainer.threads=0"], "trainer.threads=0 is not valid; allowed: an integer >= 1, or null"),
+        (["trainer.steps_per_call=0"], "trainer.steps_per_call=0 is not valid; allowed: auto, or an integer >= 1"),
     ],
 )
 def test_bad_config_fails_before_training_in_one_line(quick, overrides, message):
