@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
+from rich.table import Table  # noqa: E402
 
 from normbench import claims as claims_mod  # noqa: E402
 from normbench.records import load_records  # noqa: E402
@@ -129,8 +130,8 @@ def _md_table(grid: pd.DataFrame, corner: str) -> str:
 
 def tables_markdown(summary: pd.DataFrame) -> str:
     parts = ["# Results", "",
-             f"Test accuracy (%): median of the final 5 epochs (GN paper protocol), mean ± std over seeds (n seeds). "
-             f"Best in each column in bold.", ""]
+             "Test accuracy (%): median of the final 5 epochs (GN paper protocol), mean ± std over seeds (n seeds). "
+             "Best in each column in bold.", ""]
     short = sorted(summary.loc[summary.epochs < 5, "epochs"].unique())
     if short:
         parts += [f"Note: runs of {', '.join(map(str, short))} epoch(s) have fewer than 5 epochs, so their median "
@@ -220,9 +221,7 @@ def paper_gn_table(df: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows).set_index("batch")
 
 
-def paper_gn_rich(table: pd.DataFrame) -> "Table":
-    from rich.table import Table
-
+def paper_gn_rich(table: pd.DataFrame) -> Table:
     def f(row: pd.Series, key: str, fmt: str = "{:.1f}") -> str:
         value = row.get(key)
         return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
@@ -311,11 +310,11 @@ def figure_curves(df: pd.DataFrame, out: Path) -> None:
 # --- entry point -----------------------------------------------------------------------------
 
 
-def write_report(runs_dir: Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
-    """Write every report file; return (summary, verdicts, problems)."""
+def write_report(runs_dir: Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
+    """Write every report file; return (runs, summary, verdicts, problems)."""
     df, problems = load_records(runs_dir)
     if df.empty:
-        return pd.DataFrame(), pd.DataFrame(), problems
+        return df, pd.DataFrame(), pd.DataFrame(), problems
     out.mkdir(parents=True, exist_ok=True)
     runs_table(df).to_csv(out / "runs.csv", index=False)
     summary = summarize(df)
@@ -327,12 +326,11 @@ def write_report(runs_dir: Path, out: Path) -> tuple[pd.DataFrame, pd.DataFrame,
     figure_error_vs_batch(summary, out)
     figure_curves(df, out)
     figure_speed(summary, out)
-    return summary, verdicts, problems
+    return df, summary, verdicts, problems
 
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     ap = argparse.ArgumentParser(prog="normbench report", description="Tables, figures and claim verdicts from runs.")
     ap.add_argument("runs", nargs="?", default="results/runs", help="runs folder (default: results/runs)")
@@ -347,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        summary, verdicts, problems = write_report(runs, out)
+        runs_df, summary, verdicts, problems = write_report(runs, out)
     except OSError as err:
         print(f"error: cannot write the report to {out} ({err.strerror}); pass --out <writable folder>", file=sys.stderr)
         return 2
@@ -368,6 +366,6 @@ def main(argv: list[str] | None = None) -> int:
         counts = verdicts.verdict.value_counts().to_dict()
         console.print("claims: " + ", ".join(f"{n} {v}" for v, n in counts.items()) + f" (see {out / 'claims.md'})")
     if args.paper == "gn":
-        console.print(paper_gn_rich(paper_gn_table(load_records(runs)[0])))
+        console.print(paper_gn_rich(paper_gn_table(runs_df)))
     print(f"report: {out} (tables.md, tables.tex, claims.md, runs.csv, summary.csv, figures)")
     return 0

@@ -158,7 +158,7 @@ def test_loader_normalizes_and_covers_each_image_once():
     images = torch.randint(0, 256, (10, 3, 8, 8), generator=g, dtype=torch.uint8)
     loader = DeviceLoader(images, torch.arange(10), 4, torch.tensor([0.5, 0.4, 0.3]), torch.tensor([0.2, 0.25, 0.3]),
                           augment="none", shuffle=True, seed=1)
-    xs, ys = zip(*loader)
+    xs, ys = zip(*loader, strict=True)
     assert len(loader) == 3 and [len(y) for y in ys] == [4, 4, 2]
     order = torch.cat(ys)
     assert sorted(order.tolist()) == list(range(10))
@@ -184,7 +184,7 @@ def test_crop_flip_takes_a_window_of_the_zero_padded_image():
     flips = offsets = 0
     for x, y in loader:
         assert x.shape[1:] == (2, 6, 7)
-        for img, idx in zip(x, y):
+        for img, idx in zip(x, y, strict=True):
             found = None
             for dy in range(9):
                 for dx in range(9):
@@ -202,7 +202,7 @@ def test_crop_flip_takes_a_window_of_the_zero_padded_image():
 def test_flip_only_never_shifts():
     images = torch.randint(0, 256, (32, 1, 5, 5), dtype=torch.uint8)
     for x, y in _loader(images, "flip", shuffle=False):
-        for img, idx in zip(x, y):
+        for img, idx in zip(x, y, strict=True):
             src = images[idx].float()
             assert torch.equal(img, src) or torch.equal(img, src.flip(-1))
 

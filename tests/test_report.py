@@ -15,7 +15,7 @@ import pytest
 from normbench import claims
 from normbench.records import FIELDS, load_records, write_record
 from normbench.report import main as report_main
-from normbench.report import paper_gn_table, summarize, write_report
+from normbench.report import paper_gn_table
 
 
 def record(tag: str, bs: int, seed: int, acc: float | None, status: str = "ok", norm: str | None = None,

@@ -122,7 +122,7 @@ def test_interrupted_run_resumes_and_matches_an_uninterrupted_one(quick, monkeyp
     monkeypatch.setattr(module_mod.NormbenchModule, "on_train_epoch_start", original)
     resumed = run(cfg)
     assert resumed["status"] == "ok" and [h["epoch"] for h in resumed["history"]] == [1, 2, 3]
-    for a, b in zip(resumed["history"], reference["history"]):
+    for a, b in zip(resumed["history"], reference["history"], strict=True):
         assert (a["train_loss"], a["test_acc"], a["lr"]) == (b["train_loss"], b["test_acc"], b["lr"])
 
 
@@ -152,7 +152,7 @@ def test_several_steps_per_call_train_exactly_the_same(quick, tmp_path):
     stacked = run(quick("norm=bn", "batch_size=4", f"paths.runs={tmp_path / 'b'}"))
     odd = run(quick("norm=bn", "batch_size=4", "trainer.steps_per_call=7", f"paths.runs={tmp_path / 'c'}"))
     keys = ("train_loss", "train_acc", "test_loss", "test_acc", "lr")
-    for a, b, c in zip(per_step["history"], stacked["history"], odd["history"]):
+    for a, b, c in zip(per_step["history"], stacked["history"], odd["history"], strict=True):
         assert [a[k] for k in keys] == [b[k] for k in keys] == [c[k] for k in keys]
     assert per_step["run_key"] == stacked["run_key"]  # the same experiment: same run directory name
 
