@@ -51,6 +51,7 @@ class Dataset:
     test_y: torch.Tensor
     classes: list[str]
     source: str
+    _stats: tuple[torch.Tensor, torch.Tensor] | None = field(default=None, repr=False, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -61,7 +62,13 @@ class Dataset:
         return tuple(self.train_x.shape[1:])  # type: ignore[return-value]
 
     def channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Per-channel mean and std of the training split, in [0, 1] units (float64 sums)."""
+        """Per-channel mean and std of the whole training split (also when a run trains on
+        a ``data.train_size`` subset), in [0, 1] units, from float64 sums; computed once."""
+        if self._stats is None:
+            self._stats = self._channel_stats()
+        return self._stats
+
+    def _channel_stats(self) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.train_x
         c = x.shape[1]
         total = torch.zeros(c, dtype=torch.float64)
