@@ -243,8 +243,8 @@ def paper_gn_rich(table: pd.DataFrame) -> Table:
 
 def _save(fig: plt.Figure, out: Path, name: str) -> None:
     fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(out / f"{name}.{ext}", dpi=150)
+    fig.savefig(out / f"{name}.png", dpi=150)
+    fig.savefig(out / f"{name}.pdf", metadata={"CreationDate": None})  # same runs, same bytes
     plt.close(fig)
 
 
