@@ -134,33 +134,40 @@ def _cifar_arrays(batches: list[tuple[str, dict[str, Any]]], label_key: str, num
     return torch.from_numpy(np.concatenate(xs)), torch.from_numpy(np.concatenate(ys))
 
 
-def _cifar_source(spec: DatasetSpec, root: Path) -> tuple[Callable[[str], bytes], str] | None:
-    """A function reading ``folder/<file>`` from the extracted folder or the official tar."""
+def _cifar_location(spec: DatasetSpec, root: Path) -> Path | None:
+    """The folder holding every official file, or the official archive, under ``root``.
+    Only checks that files exist: opening a .tar.gz decompresses all of it, so it is read once,
+    by ``_cifar_reader``."""
     for folder in (root / spec.folder, root):
         if all((folder / f).is_file() for f in spec.files):
-            return (lambda f, d=folder: (d / f).read_bytes()), str(folder)
+            return folder
     archive = root / Path(spec.downloads[0].url).name
-    if archive.is_file():
-        try:
-            tar = tarfile.open(archive, "r:gz")
-            members = {m.name: m for m in tar.getmembers()}
-        except (tarfile.TarError, OSError, EOFError) as err:
-            raise DataError(f"{archive} is corrupt ({err}); delete it and download it again") from None
+    return archive if archive.is_file() else None
 
-        def read(f: str) -> bytes:
-            member = members.get(f"{spec.folder}/{f}")
-            if member is None:
-                raise DataError(f"{archive} has no {spec.folder}/{f}; delete it and download it again")
-            return tar.extractfile(member).read()  # type: ignore[union-attr]
 
-        return read, str(archive)
-    return None
+def _cifar_reader(spec: DatasetSpec, location: Path) -> Callable[[str], bytes]:
+    """A function reading ``<folder>/<file>`` from the extracted folder or the official tar."""
+    if location.is_dir():
+        return lambda f: (location / f).read_bytes()
+    try:
+        tar = tarfile.open(location, "r:gz")
+        members = {m.name: m for m in tar.getmembers()}
+    except (tarfile.TarError, OSError, EOFError) as err:
+        raise DataError(f"{location} is corrupt ({err}); delete it and download it again") from None
+
+    def read(f: str) -> bytes:
+        member = members.get(f"{spec.folder}/{f}")
+        if member is None:
+            raise DataError(f"{location} has no {spec.folder}/{f}; delete it and download it again")
+        return tar.extractfile(member).read()  # type: ignore[union-attr]
+
+    return read
 
 
 def _read_cifar(spec: DatasetSpec, root: Path) -> Dataset:
-    found = _cifar_source(spec, root)
-    assert found is not None
-    read, where = found
+    location = _cifar_location(spec, root)
+    assert location is not None
+    read, where = _cifar_reader(spec, location), str(location)
     label_key, meta_file, names_key = (
         ("labels", "batches.meta", "label_names") if spec.name == "cifar10" else ("fine_labels", "meta", "fine_label_names")
     )
@@ -258,8 +265,8 @@ def dataset_spec(name: str) -> DatasetSpec:
 def find(spec: DatasetSpec, root: Path) -> str | None:
     """Where the dataset's files are under ``root`` (a folder or archive), or None."""
     if spec.reader is _read_cifar:
-        found = _cifar_source(spec, root)
-        return found[1] if found else None
+        location = _cifar_location(spec, root)
+        return str(location) if location else None
     paths = [_idx_path(spec, root, f) for f in spec.files]
     return str(paths[0].parent) if all(paths) else None  # type: ignore[union-attr]
 

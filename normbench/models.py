@@ -17,6 +17,7 @@ LRN and ``pre_act`` for everything else. Norms come from ``normbench.norms.build
 
 from __future__ import annotations
 
+import inspect
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -70,15 +71,15 @@ class NormPlan:
         except ConfigError as err:
             raise ConfigError(f"{err} (site {site})") from None
 
-    def conv_bias(self, site: str, channels: int) -> bool:
-        # A per-channel constant before BN or IN (or GN with one channel per group) is
-        # subtracted out by the norm's mean: the conv's bias would be a dead parameter. GN
-        # with larger groups and LN keep it: they subtract one mean per group, not per channel.
-        norm = self.layer(site, "pre_act", channels)
-        exact_mean_removal = isinstance(norm, nn.BatchNorm2d) or (
-            isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels
-        )
-        return not exact_mean_removal
+
+
+def removes_channel_constant(norm: nn.Module) -> bool:
+    """Whether ``norm`` subtracts a per-channel mean, so that a per-channel constant before
+    it (a conv's bias) is a dead parameter: BN and IN (or GN with one channel per group) do;
+    GN with larger groups and LN do not (they subtract one mean per group)."""
+    return isinstance(norm, nn.BatchNorm2d) or (
+        isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels
+    )
 
 
 class Net(nn.Module):
@@ -103,9 +104,10 @@ class Net(nn.Module):
 
 
 def _conv(plan: NormPlan, site: str, cin: int, cout: int, k: int) -> list[tuple[str, nn.Module]]:
+    norm = plan.layer(site, "pre_act", cout)
     return [
-        (site, nn.Conv2d(cin, cout, k, padding=k // 2, bias=plan.conv_bias(site, cout))),
-        (f"{site}_pre_act", plan.layer(site, "pre_act", cout)),
+        (site, nn.Conv2d(cin, cout, k, padding=k // 2, bias=not removes_channel_constant(norm))),
+        (f"{site}_pre_act", norm),
     ]
 
 
@@ -206,8 +208,6 @@ def build_model(model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], input
     builder, sites = MODELS[name]
     kwargs = {k: model_cfg[k] for k in model_cfg if k != "name"}
     try:
-        import inspect
-
         inspect.signature(builder).bind(None, input_shape, num_classes, **kwargs)
     except TypeError:
         allowed = list(inspect.signature(builder).parameters)[3:]

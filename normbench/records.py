@@ -44,7 +44,7 @@ HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "
 # Keys of the composed config that do not change a run's numbers: where data and results
 # live, how the run is shown or launched. Everything else is hashed.
 _NOT_HASHED = {
-    "paths": None, "hydra": None, "experiment": None,
+    "paths": None, "hydra": None,
     "data": ("root", "download", "eval_batch_size"),
     "trainer": ("accelerator", "devices", "progress", "check_every_n_steps", "threads", "cuda_graphs",
                 "steps_per_call"),
