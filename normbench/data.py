@@ -271,6 +271,19 @@ def find(spec: DatasetSpec, root: Path) -> str | None:
     return str(paths[0].parent) if all(paths) else None  # type: ignore[union-attr]
 
 
+def source_files(spec: DatasetSpec, root: Path) -> list[Path] | None:
+    """The files the reader takes the images and labels from (the folder's official files,
+    or the archive), or None when they are not all there. Their paths, sizes and times key
+    the data fingerprint's cache (``normbench.fingerprint``)."""
+    if spec.reader is _read_cifar:
+        location = _cifar_location(spec, root)
+        if location is None:
+            return None
+        return [location] if location.is_file() else [location / f for f in spec.files]
+    paths = [_idx_path(spec, root, f) for f in spec.files]
+    return paths if all(paths) else None  # type: ignore[return-value]
+
+
 def expected_files(spec: DatasetSpec, root: Path) -> str:
     names = ", ".join(spec.files)
     archives = ", ".join(Path(d.url).name for d in spec.downloads)
@@ -341,6 +354,20 @@ def balanced_subset(labels: torch.Tensor, size: int, num_classes: int, seed: int
     rank = (onehot.cumsum(0) * onehot).sum(1) - 1
     chosen = order[torch.argsort(rank * len(labels) + torch.arange(len(labels)))[:size]]
     return chosen.sort().values
+
+
+def select(ds: Dataset, train_size: int | None, test_size: int | None,
+           subset_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The images and labels a run uses: each split whole, or the seeded class-balanced
+    subset of ``train_size`` / ``test_size`` (``balanced_subset``) when that is smaller."""
+    train_x, train_y, test_x, test_y = ds.train_x, ds.train_y, ds.test_x, ds.test_y
+    if train_size and train_size < len(train_y):
+        idx = balanced_subset(train_y, train_size, ds.num_classes, subset_seed)
+        train_x, train_y = train_x[idx], train_y[idx]
+    if test_size and test_size < len(test_y):
+        idx = balanced_subset(test_y, test_size, ds.num_classes, subset_seed)
+        test_x, test_y = test_x[idx], test_y[idx]
+    return train_x, train_y, test_x, test_y
 
 
 # --- the device-resident loader --------------------------------------------------------------

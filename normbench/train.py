@@ -14,7 +14,6 @@ import logging
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import time
@@ -33,12 +32,14 @@ from omegaconf import DictConfig, OmegaConf
 
 import normbench
 from normbench import data as datamod
+from normbench import fingerprint
+from normbench.derived import derive
 from normbench.errors import ConfigError, NormbenchError
 from normbench.models import Net, build_model
 from normbench.norms import resolved_params
 from normbench.module import Diverged, NormbenchModule, check_optim
-from normbench.records import (CONFIG, FINISHED, config_hash, read_record, run_key, run_lock, write_record,
-                               write_text_atomic)
+from normbench.records import (CONFIG, FINISHED, config_hash, experiment_config, norm_tag, read_record, run_key,
+                               run_lock, write_record, write_text_atomic)
 
 log = logging.getLogger("normbench")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -101,22 +102,38 @@ def _cached_dataset(name: str, root: str, download: bool) -> datamod.Dataset:
     return datamod.load_dataset(name, root, allow_download=download)
 
 
+def data_identity(c: dict[str, Any]) -> fingerprint.DataIdentity:
+    """The fingerprint and split sizes of the data this config trains and tests on, from the
+    cache when the source files are unchanged (no data read), else computed and cached."""
+    d = c["data"]
+    spec, root = datamod.dataset_spec(d["name"]), Path(str(d["root"])).expanduser()
+    subsetting = (d.get("train_size"), d.get("test_size"), d["subset_seed"])
+    files = datamod.source_files(spec, root)
+    if files:
+        known = fingerprint.lookup(fingerprint.cache_key(d["name"], files, *subsetting))
+        if known:
+            return known
+    ds = _cached_dataset(d["name"], str(d["root"]), bool(d["download"]))
+    identity = fingerprint.digest(*datamod.select(ds, *subsetting))
+    files = datamod.source_files(spec, root)  # present now, also after a download
+    if files:
+        fingerprint.store(fingerprint.cache_key(d["name"], files, *subsetting), identity)
+    return identity
+
+
+def check_batch_fits(c: dict[str, Any], identity: fingerprint.DataIdentity) -> None:
+    if c["batch_size"] > identity.train_images:
+        raise ConfigError(
+            f"batch_size={c['batch_size']} is larger than the training split ({identity.train_images} images "
+            f"of data.name={c['data']['name']} under data.root={c['data']['root']}); use a smaller batch_size "
+            f"or a larger data.train_size"
+        )
+
+
 def prepare_data(c: dict[str, Any]) -> tuple[datamod.Dataset, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     d = c["data"]
     ds = _cached_dataset(d["name"], str(d["root"]), bool(d["download"]))
-    train_x, train_y, test_x, test_y = ds.train_x, ds.train_y, ds.test_x, ds.test_y
-    if d.get("train_size") and d["train_size"] < len(train_y):
-        idx = datamod.balanced_subset(train_y, d["train_size"], ds.num_classes, d["subset_seed"])
-        train_x, train_y = train_x[idx], train_y[idx]
-    if d.get("test_size") and d["test_size"] < len(test_y):
-        idx = datamod.balanced_subset(test_y, d["test_size"], ds.num_classes, d["subset_seed"])
-        test_x, test_y = test_x[idx], test_y[idx]
-    if c["batch_size"] > len(train_y):
-        raise ConfigError(
-            f"batch_size={c['batch_size']} is larger than the training split ({len(train_y)} images "
-            f"in {ds.source}); use a smaller batch_size or a larger data.train_size"
-        )
-    return ds, train_x, train_y, test_x, test_y
+    return (ds, *datamod.select(ds, d.get("train_size"), d.get("test_size"), d["subset_seed"]))
 
 
 # --- environment -----------------------------------------------------------------------------
@@ -144,11 +161,27 @@ def device_name(device: torch.device) -> str:
     return f"{cpu} ({os.cpu_count()} cores, {torch.get_num_threads()} threads)"
 
 
-def peak_mem_mb(device: torch.device) -> float:
-    """Peak GPU memory allocated by torch on CUDA; on CPU the process's peak RSS."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+class PeakMemory:
+    """This run's peak memory: on CUDA, torch's peak allocation, its counter reset when the
+    run starts (runs of one sweep share a process); on CPU, how much the process's peak
+    resident size grew during the run. The CPU figure is a lower bound when an earlier run
+    in the same process already reached a higher peak (the OS keeps one peak per process)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        self.start_rss = _peak_rss_mb()
+
+    def read(self) -> tuple[float, str]:
+        """(megabytes, ``peak_mem_kind``)."""
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20, "cuda_max_allocated"
+        return _peak_rss_mb() - self.start_rss, "cpu_peak_rss_growth"
 
 
 def now() -> str:
@@ -173,23 +206,6 @@ def log_hparams(logger: TensorBoardLogger, params: dict[str, Any]) -> None:
 
 
 # --- one run ---------------------------------------------------------------------------------
-
-
-def _summaries(history: list[dict[str, float]], target: float | None) -> dict[str, Any]:
-    if not history:
-        return {}
-    accs = [h["test_acc"] for h in history]
-    later = history[1:] or history  # the first epoch carries warm-up costs: leave it out
-    train_s = sum(h["train_s"] for h in later)
-    return {
-        "test_acc": accs[-1],
-        "test_loss": history[-1]["test_loss"],
-        "test_acc_last5_median": statistics.median(accs[-5:]),
-        "best_test_acc": max(accs),
-        "epochs_to_target": next((h["epoch"] for h in history if target is not None and h["test_acc"] >= target), None),
-        "train_images_per_s": sum(h["train_images"] for h in later) / train_s if train_s > 0 else None,
-        "epoch_s": statistics.median(h["epoch_s"] for h in later),
-    }
 
 
 def _resume_checkpoint(path: Path) -> str | None:
@@ -222,11 +238,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train one config into its run directory and return its record."""
     c: dict[str, Any] = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
     check_config(c)
-    key = run_key(c)
+    identity = data_identity(c)
+    check_batch_fits(c, identity)
+    experiment = experiment_config(c, identity.fingerprint)
+    key = run_key(experiment)
     runs = Path(c["paths"]["runs"])
     previous = read_record(runs / key)
     if previous and previous.get("status") in FINISHED:
-        log.info("skip %s: already finished (%s, test_acc %s)", key, previous["status"], previous.get("test_acc"))
+        log.info("skip %s: already finished (%s, test_acc %s)", key, previous["status"],
+                 derive(previous.get("history") or [])["test_acc"])
         return previous
 
     t = c["trainer"]
@@ -237,7 +257,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     # config leaves nothing behind. The seed comes first: it fixes the model's initial weights.
     splits = prepare_data(c)
     L.seed_everything(c["seed"], workers=False, verbose=False)
-    model = build_model(c["model"], c["norm"], splits[0].image_shape, splits[0].num_classes, batch_size=c["batch_size"])
+    model = build_model(c["model"], experiment["norm"], splits[0].image_shape, splits[0].num_classes,
+                        batch_size=c["batch_size"])
     run_dir = make_run_dir(runs, key)
     with run_lock(run_dir) as holder:
         if holder:
@@ -247,7 +268,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         if previous and previous.get("status") in FINISHED:
             log.info("skip %s: already finished (%s)", key, previous["status"])
             return previous
-        return _train(cfg, c, key, run_dir, splits, model)
+        return _train(cfg, c, experiment, identity, key, run_dir, splits, model)
 
 
 def steps_per_call(configured: Any, batch_size: int) -> int:
@@ -278,7 +299,8 @@ def cpu_threads(configured: Any) -> int | None:
     return int(slurm) if slurm and slurm.isdigit() else None
 
 
-def _train(cfg: DictConfig, c: dict[str, Any], key: str, run_dir: Path, splits: tuple, model: Net) -> dict[str, Any]:
+def _train(cfg: DictConfig, c: dict[str, Any], experiment: dict[str, Any], identity: fingerprint.DataIdentity,
+           key: str, run_dir: Path, splits: tuple, model: Net) -> dict[str, Any]:
     t = c["trainer"]
     ds, train_x, train_y, test_x, test_y = splits
     write_text_atomic(run_dir / CONFIG, OmegaConf.to_yaml(cfg, resolve=True))
@@ -317,16 +339,20 @@ def _train(cfg: DictConfig, c: dict[str, Any], key: str, run_dir: Path, splits: 
     test_loader = datamod.DeviceLoader(test_x, test_y, d["eval_batch_size"], mean, std, device=device, memory_format=fmt)
     module = NormbenchModule(trained, c["optim"], c["batch_size"], c["epochs"], train_loader.num_batches,
                              t.get("check_every_n_steps", 50), memory_format=fmt)
-    log_hparams(logger, {"norm": c["norm"].get("tag") or c["norm"]["name"], "model": c["model"]["name"],
+    tag = norm_tag(experiment["norm"])
+    log_hparams(logger, {"norm": tag, "model": c["model"]["name"],
                          "batch_size": c["batch_size"], "seed": c["seed"], "lr": module.lr, "dataset": d["name"]})
 
+    placed = sorted(model.norms())  # the norm layers actually in the network, "<site>.<position>"
     record: dict[str, Any] = {
-        "run_key": key, "config_hash": config_hash(c), "dataset": d["name"], "model": c["model"]["name"],
-        "norm": c["norm"]["name"], "norm_tag": c["norm"].get("tag") or c["norm"]["name"],
-        "norm_params": resolved_params(c["norm"]),
-        "placement": model.placement, "batch_size": c["batch_size"], "lr": module.lr,
-        "base_lr": c["optim"]["base_lr"], "epochs": c["epochs"], "seed": c["seed"], "augment": d["augment"],
-        "target_acc": c.get("target_acc"), "params": sum(p.numel() for p in model.parameters()),
+        "run_key": key, "config_hash": config_hash(experiment), "config": experiment, "dataset": d["name"],
+        "data_fingerprint": identity.fingerprint, "train_images": identity.train_images,
+        "test_images": identity.test_images, "model": c["model"]["name"],
+        "norm": experiment["norm"]["name"], "norm_tag": tag, "norm_params": resolved_params(experiment["norm"]),
+        "norm_sites": placed, "placement": model.placement if placed else None,
+        "batch_size": c["batch_size"], "lr": module.lr, "base_lr": c["optim"]["base_lr"], "epochs": c["epochs"],
+        "seed": c["seed"], "augment": d["augment"], "target_acc": c.get("target_acc"),
+        "params": sum(p.numel() for p in model.parameters()),
         "device": device_name(device), "accelerator": device.type, "precision": str(trainer.precision),
         "torch": torch.__version__, "lightning": L.__version__, "normbench": normbench.__version__,
         "git_rev": git_rev(), "started_at": now(),
@@ -334,6 +360,7 @@ def _train(cfg: DictConfig, c: dict[str, Any], key: str, run_dir: Path, splits: 
     resume = _resume_checkpoint(ckpt_dir / "last.ckpt")
     if resume:
         log.info("resume %s from %s", key, resume)
+    memory = PeakMemory(device)
     t0 = time.perf_counter()
     try:
         trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=test_loader, ckpt_path=resume)
@@ -346,11 +373,12 @@ def _train(cfg: DictConfig, c: dict[str, Any], key: str, run_dir: Path, splits: 
     except Exception as err:  # noqa: BLE001 - any training error is recorded; the sweep goes on
         record.update(status="failed", error=f"{type(err).__name__}: {err}")
         log.exception("%s failed", key)
-    record.update(_summaries(module.history, c.get("target_acc")))
-    record.update(history=module.history, total_s=time.perf_counter() - t0, peak_mem_mb=peak_mem_mb(device),
-                  finished_at=now())
-    write_record(run_dir, record)
-    log.info("%s %s: test_acc %s -> %s", record["status"], key, record.get("test_acc"), run_dir / "record.json")
+    peak_mb, peak_kind = memory.read()
+    record.update(history=module.history, total_s=time.perf_counter() - t0, peak_mem_mb=peak_mb,
+                  peak_mem_kind=peak_kind, finished_at=now())
+    record = write_record(run_dir, record)
+    log.info("%s %s: test_acc %s -> %s", record["status"], key, derive(module.history)["test_acc"],
+             run_dir / "record.json")
     return record
 
 

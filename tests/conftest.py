@@ -65,6 +65,12 @@ def write_fashion_mnist(root: Path, n_train: int = 100, n_test: int = 40, compre
     return root
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _fingerprint_cache(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Data fingerprints are cached per user; the tests keep theirs apart (subprocesses inherit it)."""
+    os.environ["NORMBENCH_CACHE_DIR"] = str(tmp_path_factory.mktemp("normbench-cache"))
+
+
 @pytest.fixture(scope="session")
 def cifar_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_cifar10(tmp_path_factory.mktemp("cifar"))
