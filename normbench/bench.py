@@ -83,12 +83,13 @@ def plain_loop(cfg: Any, epochs: int) -> float:
 
 def normbench_path(cfg: Any) -> float:
     """Images/s of ``normbench.train.run`` on a fresh run directory (first epoch excluded)."""
+    from normbench.derived import derive
     from normbench.train import run
 
     rec = run(cfg)
     if rec.get("status") != "ok":
         raise RuntimeError(f"benchmark run ended {rec.get('status')}: {rec.get('error')}")
-    return rec["train_images_per_s"]
+    return derive(rec["history"])["train_images_per_s"]
 
 
 def bench_config(norm: str, batch: int, steps: int, epochs: int, runs_dir: Path, data_root: str | None,

@@ -1,15 +1,40 @@
-"""The published claims (REFERENCES.md §2, §3, §5) as checks over run records.
+"""The published claims (docs/claims.md) as checks over the runs of one study.
 
-Each claim compares per-seed numbers of finished runs with a one-sided Welch t-test
-(``scipy.stats.ttest_ind(equal_var=False)``) at level ``ALPHA``, and answers:
+A study (``normbench.setups``) is a set of setups that differ only in norm and batch size, so
+every comparison here is between arms that share everything else. Each claim is a
+conjunction of comparisons (``Test``), each a Welch contrast over per-seed values
+(``normbench.stats``) of one of three kinds:
 
-- ``supported``: every comparison it rests on goes the claimed way, significantly;
-- ``refuted``: a comparison goes the other way significantly (and none the claimed way);
-- ``inconclusive``: the runs cannot tell, with the reason: a config missing, fewer than
-  two seeds, a diverged or failed run among those needed, or differences within noise.
+- ``greater``: the claimed contrast is above 0 ("GN beats BN");
+- ``noninferior``: it is above ``-margin`` ("BN >= GN", which a strict test could never
+  support for equal layers);
+- ``equivalent``: it lies within ``+-margin`` ("GN stays flat"; TOST).
 
-The metric is ``test_acc_last5_median`` (GN paper: median of the final 5 epochs); claims
-are checked separately within each (dataset, model, epochs) group of runs.
+Each test has a p-value *for* the claim and one *against* it (the claimed direction's
+opposite, at the same bound). Holm's correction is applied over the claim's tests on each
+side alike. The verdict is
+
+- ``supported``: every test goes the claimed way (Holm-adjusted p < alpha);
+- ``not reproduced``: at least one goes significantly against it (Holm-adjusted p < alpha),
+  in this setup: a statement about these runs, never about the paper;
+- ``inconclusive``: neither, with the reason (runs missing, fewer than 2 seeds, a diverged or
+  failed run, no spread, or differences within noise);
+- ``out of scope``: a validity gate failed (below), with the measured reason.
+
+Under no effect each of ``supported`` and ``not reproduced`` happens at most ``alpha`` of the
+time (tested by simulation in tests/test_calibration.py).
+
+Validity gates, checked before a verdict:
+
+- metric: ``test_acc_last5_median`` is the GN paper's median of the final 5 epochs, so runs
+  need at least 5 epochs (with fewer it mixes in the first epochs);
+- training length (batch-size claims): the compared batch sizes trained within
+  ``steps_ratio`` x as many SGD steps, or a batch-blind baseline (``none``, else ``gn``)
+  moves by at most ``swing`` between them: otherwise accuracy differences measure how long
+  each batch size trained (a fixed-epoch sweep gives batch 2 64x the steps of batch 128);
+- domain (the GN claims): at the reference batch 32, as in the paper, GN and BN are within
+  ``domain`` of each other (the paper: 0.5 points); far apart, the setup is not the one the
+  claim speaks of.
 """
 
 from __future__ import annotations
@@ -20,20 +45,335 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
-ALPHA = 0.05
+from normbench.stats import Cell, Contrast, NoSpread, holm
+
 METRIC = "test_acc_last5_median"
-GROUP = ["dataset", "model", "epochs"]
 SMALL_BATCH = 4
+REFERENCE_BATCH = 32
 LRN_TAGS = ("lrn", "lrn_within")
+VERDICTS = ("supported", "not reproduced", "inconclusive", "out of scope")
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The thresholds a verdict uses (accuracies as fractions: 0.01 = 1 point)."""
+
+    alpha: float = 0.05
+    margin: float = 0.01  # equivalence and non-inferiority margin
+    min_epochs: int = 5  # metric gate
+    steps_ratio: float = 2.0  # training-length gate: steps within this factor ...
+    swing: float = 0.02  # ... or the batch-blind baseline moves at most this much
+    domain: float = 0.02  # domain gate: |GN - BN| at the reference batch
 
 
 @dataclass
 class Verdict:
-    verdict: str  # supported | refuted | inconclusive
+    verdict: str  # one of VERDICTS
     why: str
     numbers: list[str] = field(default_factory=list)  # the comparisons it rests on, one line each
+    gates: list[str] = field(default_factory=list)  # the validity gates checked, one line each
+
+
+class Missing(Exception):
+    """The runs a claim needs are not there (or not usable): the verdict is inconclusive."""
+
+
+class OutOfScope(Exception):
+    """A validity gate failed: ``gates`` says which and with what numbers."""
+
+    def __init__(self, gates: list[str]) -> None:
+        failed = [g.split(":")[0].removeprefix("failed ") for g in gates if g.startswith("failed")]
+        super().__init__(f"validity gate{'s' if len(failed) > 1 else ''} failed: {', '.join(failed)} "
+                         f"(the measured reasons are listed under the gates)")
+        self.gates = gates
+
+
+def _pts(x: float) -> str:
+    return f"{x * 100:+.2f}"
+
+
+@dataclass
+class Test:
+    """One comparison of a claim: ``contrast`` is claimed above 0 (``greater``), above
+    ``-margin`` (``noninferior``) or within ``+-margin`` (``equivalent``)."""
+
+    label: str
+    contrast: Contrast
+    kind: str = "greater"
+    margin: float = 0.0
+    scale: float = 100.0
+    unit: str = " points"
+
+    @property
+    def claimed(self) -> str:
+        m = f"{self.margin * self.scale:g}"
+        return {"greater": "> 0", "noninferior": f"> -{m}", "equivalent": f"within ±{m}"}[self.kind]
+
+    def p_for(self) -> float:
+        if self.kind == "greater":
+            return self.contrast.p_above(0.0)
+        if self.kind == "noninferior":
+            return self.contrast.p_above(-self.margin)
+        return self.contrast.p_within(self.margin)
+
+    def p_against(self) -> float:
+        if self.kind == "greater":
+            return self.contrast.p_below(0.0)
+        if self.kind == "noninferior":
+            return self.contrast.p_below(-self.margin)
+        return self.contrast.p_outside(self.margin)
+
+    def arms(self) -> str:
+        def fmt(cell) -> str:
+            sd = f" ± {math.sqrt(cell.var) * self.scale:.2f}" if cell.n > 1 else ""
+            return f"{cell.label} {cell.mean * self.scale:.2f}{sd} (n={cell.n})"
+
+        return "; ".join(fmt(c) for c in self.contrast.cells)
+
+    def line(self, p_for: float, adj_for: float, p_against: float, adj_against: float) -> str:
+        c = self.contrast
+        lo, hi = c.ci(0.95)
+        s = self.scale
+        return (f"{self.label}: {c.estimate * s:+.2f}{self.unit}, 95% CI [{lo * s:+.2f}, {hi * s:+.2f}], "
+                f"Welch t = {c.estimate / c.se:.2f}, df = {c.df:.1f}; claimed {self.claimed}: p = {p_for:.3g} "
+                f"(Holm {adj_for:.3g}), against: p = {p_against:.3g} (Holm {adj_against:.3g}). {self.arms()}")
+
+
+def decide(tests: Sequence[Test], plan: Plan) -> Verdict:
+    """``supported`` / ``not reproduced`` / ``inconclusive`` from a claim's tests, Holm over
+    them on both sides."""
+    try:
+        p_for = [t.p_for() for t in tests]
+        p_against = [t.p_against() for t in tests]
+    except NoSpread:
+        flat = [t.label for t in tests if t.contrast.se == 0]
+        return Verdict("inconclusive", f"no spread over seeds in {', '.join(flat)}: the noise is unknown, "
+                                       "so no difference can be called significant; run more seeds",
+                       [f"{t.label}: {t.arms()}" for t in tests])
+    adj_for, adj_against = holm(p_for), holm(p_against)
+    numbers = [t.line(*ps) for t, ps in zip(tests, zip(p_for, adj_for, p_against, adj_against))]
+    if all(p < plan.alpha for p in adj_for):
+        return Verdict("supported", f"every comparison goes the claimed way (Holm-adjusted p < {plan.alpha})",
+                       numbers)
+    against = [t.label for t, p in zip(tests, adj_against) if p < plan.alpha]
+    if against:
+        return Verdict("not reproduced", f"in this setup, {', '.join(against)} went significantly against the "
+                                         f"claim (Holm-adjusted p < {plan.alpha})", numbers)
+    noisy = [t.label for t, p in zip(tests, adj_for) if p >= plan.alpha]
+    return Verdict("inconclusive", f"within noise at Holm-adjusted p < {plan.alpha}: {', '.join(noisy)}; "
+                                   "more seeds (or a larger test set) would tell", numbers)
+
+
+# --- the runs a claim reads -----------------------------------------------------------------
+
+
+class Study:
+    """One study's runs, with each (norm tag, batch size) arm selected once: a claim reads
+    the same arms many times, and the calibration simulation checks thousands of studies."""
+
+    def __init__(self, df: pd.DataFrame) -> None:
+        self.df = df
+        self.arms = {key: g for key, g in df.groupby(["norm_tag", "batch_size"], sort=False)}
+
+    def batches(self, *tags: str) -> list[int]:
+        """Batch sizes at which every one of ``tags`` has runs."""
+        sets = [{b for t, b in self.arms if t == tag} for tag in tags]
+        return sorted(set.intersection(*sets)) if sets else []
+
+
+def _runs(study: Study, tag: str, batch_size: int) -> tuple[pd.DataFrame, str]:
+    sel = study.arms.get((tag, batch_size))
+    label = f"{tag}@{batch_size}"
+    if sel is None:
+        raise Missing(f"no runs of {tag} at batch {batch_size}")
+    if sel.setup_id.nunique() > 1:
+        raise Missing(f"{label} has {sel.setup_id.nunique()} different setups in this study "
+                      f"({', '.join(sorted(set(sel.row_label)))}): give them distinct norm.tag values")
+    bad = sel[sel.status != "ok"]
+    if not bad.empty:
+        raise Missing(f"{len(bad)} run(s) of {label} {'/'.join(sorted(set(bad.status)))} "
+                      f"({', '.join(bad.run_key.head(3))}); a diverged run may itself be evidence (see its record), "
+                      "but a t-test cannot score it")
+    return sel, label
+
+
+def _values(df: Study, tag: str, batch_size: int, metric: str = METRIC) -> tuple[np.ndarray, str]:
+    sel, label = _runs(df, tag, batch_size)
+    values = pd.to_numeric(sel[metric], errors="coerce").dropna().to_numpy(float)
+    if len(values) < 2:
+        raise Missing(f"only {len(values)} seed of {label}: the spread over seeds is unknown (run 5 seeds)")
+    return values, label
+
+
+def _diff(df: Study, a: tuple[str, int], b: tuple[str, int], metric: str = METRIC) -> Contrast:
+    va, la = _values(df, *a, metric=metric)
+    vb, lb = _values(df, *b, metric=metric)
+    return Contrast.diff(la, va, lb, vb)
+
+
+def _mean(df: Study, tag: str, b: int) -> float:
+    return float(pd.to_numeric(_runs(df, tag, b)[0][METRIC], errors="coerce").mean())
+
+
+# --- validity gates ---------------------------------------------------------------------------
+
+
+def gate_metric(df: Study, plan: Plan) -> str:
+    epochs = int(df.df.epochs.min())
+    if epochs < plan.min_epochs:
+        return (f"failed metric: the accuracy is the median of the final 5 epochs (GN paper), which needs at least "
+                f"{plan.min_epochs} epochs; these runs have {epochs}, so it mixes in the first epochs")
+    return f"passed metric: {epochs} epochs >= {plan.min_epochs}"
+
+
+def gate_training_length(df: Study, batches: Sequence[int], plan: Plan) -> str:
+    steps = {b: float(pd.concat([g for (_, gb), g in df.arms.items() if gb == b]).steps.median()) for b in batches}
+    known = {b: s for b, s in steps.items() if not math.isnan(s) and s > 0}
+    if len(known) < len(batches):
+        return "failed training length: the records do not say how many SGD steps were taken"
+    lo, hi = min(known, key=known.get), max(known, key=known.get)
+    ratio = known[hi] / known[lo]
+    said = f"batch {lo} took {known[lo]:,.0f} SGD steps, batch {hi} took {known[hi]:,.0f} ({ratio:.1f}x)"
+    if ratio <= plan.steps_ratio:
+        return f"passed training length: {said}, within {plan.steps_ratio:g}x"
+    for baseline in ("none", "gn"):
+        if set(batches) <= set(df.batches(baseline)):
+            try:
+                means = {b: _mean(df, baseline, b) for b in batches}
+            except Missing:
+                continue
+            swing = max(means.values()) - min(means.values())
+            moved = f"{baseline}, which does not see the batch, moved {swing * 100:.2f} points across batch " \
+                    f"{', '.join(map(str, batches))}"
+            if swing <= plan.swing:
+                return f"passed training length: {said}, but {moved} (<= {plan.swing * 100:g}): converged enough"
+            return (f"failed training length: {said}, and {moved} (> {plan.swing * 100:g}): accuracy differences "
+                    f"measure training length; train every batch size for the same steps, or long enough to converge")
+    return (f"failed training length: {said}, and no none or gn runs at these batch sizes show that training "
+            f"length does not matter; train every batch size for the same steps")
+
+
+def gate_domain(df: Study, plan: Plan) -> str:
+    gap = _mean(df, "gn", REFERENCE_BATCH) - _mean(df, "bn", REFERENCE_BATCH)
+    said = f"at batch {REFERENCE_BATCH} GN - BN = {_pts(gap)} points"
+    if abs(gap) <= plan.domain:
+        return f"passed domain: {said} (within ±{plan.domain * 100:g})"
+    return (f"failed domain: {said} (beyond ±{plan.domain * 100:g}; the paper: -0.5): at the reference batch the two "
+            f"norms are not comparable here, so this setup is outside the claim's domain")
+
+
+def _gated(gates: list[str]) -> None:
+    if any(g.startswith("failed") for g in gates):
+        raise OutOfScope(gates)
+
+
+def _small_and_reference(df: Study) -> list[int]:
+    both = df.batches("bn", "gn")
+    small = [b for b in both if b <= SMALL_BATCH]
+    if not small or REFERENCE_BATCH not in both:
+        raise Missing(f"needs bn and gn at a batch size <= {SMALL_BATCH} and at the reference batch {REFERENCE_BATCH} "
+                      f"(have both at: {', '.join(map(str, both)) or 'none'})")
+    return small
+
+
+def _batch_claim_gates(df: Study, small: list[int], plan: Plan) -> list[str]:
+    for b in (*small, REFERENCE_BATCH):  # needed runs present and finished before any gate reads them
+        _values(df, "bn", b)
+        _values(df, "gn", b)
+    gates = [gate_metric(df, plan), gate_training_length(df, [*small, REFERENCE_BATCH], plan), gate_domain(df, plan)]
+    _gated(gates)
+    return gates
+
+
+# --- the claims ------------------------------------------------------------------------------
+
+
+def gn_beats_bn_small_batch(df: Study, plan: Plan) -> Verdict:
+    small = _small_and_reference(df)
+    gates = _batch_claim_gates(df, small, plan)
+    v = decide([Test(f"gn - bn at batch {b}", _diff(df, ("gn", b), ("bn", b))) for b in small], plan)
+    v.gates = gates
+    return v
+
+
+def bn_degrades_gn_flat(df: Study, plan: Plan) -> Verdict:
+    """BN loses accuracy from batch 32 to each small batch, and GN stays within the margin."""
+    small = _small_and_reference(df)
+    gates = _batch_claim_gates(df, small, plan)
+    ref = REFERENCE_BATCH
+    tests = []
+    for b in small:
+        tests.append(Test(f"bn@{ref} - bn@{b}", _diff(df, ("bn", ref), ("bn", b))))
+        tests.append(Test(f"gn@{b} - gn@{ref}", _diff(df, ("gn", b), ("gn", ref)), "equivalent", plan.margin))
+    v = decide(tests, plan)
+    v.gates = gates
+    lo = min(small)
+    cells = [("bn", ref, 1.0), ("bn", lo, -1.0), ("gn", ref, -1.0), ("gn", lo, 1.0)]
+    gap = Contrast(tuple(Cell(f"{t}@{b}", _values(df, t, b)[0], w) for t, b, w in cells))
+    try:
+        lo_ci, hi_ci = gap.ci()
+        v.numbers.append(f"context, not part of the verdict: the BN - GN gap grows by {_pts(gap.estimate)} points "
+                         f"from batch {ref} to {lo}, 95% CI [{_pts(lo_ci)}, {_pts(hi_ci)}], Welch-Satterthwaite "
+                         f"df = {gap.df:.1f}, one-sided p = {gap.p_above():.3g}")
+    except NoSpread:
+        pass
+    return v
+
+
+def table1_order(df: Study, plan: Plan) -> Verdict:
+    gates = [gate_metric(df, plan)]
+    order = ["bn", "gn", "ln", "in"]
+    contrasts = [_diff(df, (a, REFERENCE_BATCH), (b, REFERENCE_BATCH)) for a, b in zip(order, order[1:])]
+    _gated(gates)
+    tests = [Test(f"{a} - {b} at batch {REFERENCE_BATCH}", c, "noninferior", plan.margin)
+             for (a, b), c in zip(zip(order, order[1:]), contrasts)]
+    v = decide(tests, plan)
+    v.gates = gates
+    return v
+
+
+def _lrn_against(df: Study, plan: Plan, other: str, lrn_first: bool) -> Verdict:
+    contrasts = []
+    for tag in LRN_TAGS:
+        for b in df.batches(tag, other):
+            pair = ((tag, b), (other, b)) if lrn_first else ((other, b), (tag, b))
+            contrasts.append((f"{pair[0][0]} - {pair[1][0]} at batch {b}", _diff(df, *pair)))
+    if not contrasts:
+        raise Missing(f"no batch size has both an LRN run ({' or '.join(LRN_TAGS)}) and a {other} run")
+    gates = [gate_metric(df, plan)]
+    _gated(gates)
+    v = decide([Test(label, c) for label, c in contrasts], plan)
+    v.gates = gates
+    return v
+
+
+def lrn_beats_none(df: Study, plan: Plan) -> Verdict:
+    return _lrn_against(df, plan, "none", lrn_first=True)
+
+
+def bn_beats_lrn(df: Study, plan: Plan) -> Verdict:
+    return _lrn_against(df, plan, "bn", lrn_first=False)
+
+
+def norm_reaches_target_sooner(df: Study, plan: Plan) -> Verdict:
+    shared = df.batches("bn", "none")
+    if not shared:
+        raise Missing("no batch size has both bn and none runs")
+    tests = []
+    for b in shared:
+        runs = {}
+        for tag in ("none", "bn"):
+            _values(df, tag, b)  # same guards: present, one setup, finished, >= 2 seeds
+            sel = df.arms[(tag, b)]
+            # A run that never reached the target counts as epochs + 1 (censored, in its favour).
+            runs[tag] = sel.epochs_to_target.astype(float).fillna(sel.epochs + 1).to_numpy(float)
+        tests.append(Test(f"none - bn epochs to target at batch {b}",
+                          Contrast.diff(f"none@{b}", runs["none"], f"bn@{b}", runs["bn"]), scale=1.0, unit=" epochs"))
+    v = decide(tests, plan)
+    targets = ", ".join(f"{t:.0%}" for t in pd.to_numeric(df.df.target_acc, errors="coerce").dropna().unique())
+    v.why += f" (epochs to reach test accuracy {targets or 'unknown'})"
+    return v
 
 
 @dataclass(frozen=True)
@@ -43,222 +383,60 @@ class Claim:
     source: str
     paper: str  # the published numbers
     needs: str  # which runs it reads
-    check: Callable[[pd.DataFrame], Verdict]
-
-
-@dataclass
-class Comparison:
-    """``a`` vs ``b``: per-seed values, mean difference and one-sided p-values."""
-
-    label_a: str
-    label_b: str
-    a: np.ndarray
-    b: np.ndarray
-
-    @property
-    def diff(self) -> float:
-        return float(self.a.mean() - self.b.mean())
-
-    def p(self, alternative: str) -> float:
-        if len(self.a) < 2 or len(self.b) < 2:
-            return math.nan
-        if self.a.std() == 0 and self.b.std() == 0:  # no spread at all: the sign decides
-            return 0.0 if (self.diff > 0 if alternative == "greater" else self.diff < 0) else 1.0
-        return float(stats.ttest_ind(self.a, self.b, equal_var=False, alternative=alternative).pvalue)
-
-    @property
-    def outcome(self) -> str:
-        """``>`` (a significantly above b), ``<`` (below), or ``~`` (within noise)."""
-        if self.p("greater") < ALPHA:
-            return ">"
-        if self.p("less") < ALPHA:
-            return "<"
-        return "~"
-
-    def line(self, scale: float = 100.0, unit: str = "%") -> str:
-        def fmt(x: np.ndarray) -> str:
-            sd = f" ± {x.std(ddof=1) * scale:.2f}" if len(x) > 1 else ""
-            return f"{x.mean() * scale:.2f}{sd}{unit} (n={len(x)})"
-
-        p = min(self.p("greater"), self.p("less"))
-        return (f"{self.label_a} {fmt(self.a)} vs {self.label_b} {fmt(self.b)}: "
-                f"difference {self.diff * scale:+.2f}{unit}, p = {p:.3g} ({self.outcome})")
-
-
-class Missing(Exception):
-    """The runs a claim needs are not there (or not usable): the verdict is inconclusive."""
-
-
-def _values(df: pd.DataFrame, norm_tag: str, batch_size: int | None = None, metric: str = METRIC) -> np.ndarray:
-    sel = df[df.norm_tag == norm_tag]
-    if batch_size is not None:
-        sel = sel[sel.batch_size == batch_size]
-    label = f"{norm_tag}" + (f" at batch {batch_size}" if batch_size is not None else "")
-    if sel.empty:
-        raise Missing(f"no runs of {label}")
-    bad = sel[sel.status != "ok"]
-    if not bad.empty:
-        raise Missing(f"{len(bad)} run(s) of {label} {'/'.join(sorted(set(bad.status)))}: "
-                      f"{', '.join(bad.run_key.head(3))}")
-    values = sel[metric].astype(float).to_numpy()
-    if len(values) < 2:
-        raise Missing(f"only {len(values)} seed of {label}: the spread over seeds is unknown (run seed=0,1,2)")
-    return values
-
-
-def _compare(df: pd.DataFrame, a: str, b: str, batch_size: int | None) -> Comparison:
-    at = f" at batch {batch_size}" if batch_size is not None else ""
-    return Comparison(a + at, b + at, _values(df, a, batch_size), _values(df, b, batch_size))
-
-
-def _combine(comparisons: Sequence[Comparison], claimed: str = ">") -> Verdict:
-    """Supported if every comparison is significant in the claimed direction; refuted if
-    none is and at least one is significant against it; inconclusive otherwise."""
-    numbers = [c.line() for c in comparisons]
-    outcomes = [c.outcome for c in comparisons]
-    against = "<" if claimed == ">" else ">"
-    if all(o == claimed for o in outcomes):
-        return Verdict("supported", f"every comparison goes the claimed way (one-sided Welch t-test, p < {ALPHA})", numbers)
-    if claimed not in outcomes and against in outcomes:
-        return Verdict("refuted", f"a comparison goes significantly against the claim (p < {ALPHA})", numbers)
-    noisy = [f"{c.label_a} vs {c.label_b}" for c, o in zip(comparisons, outcomes) if o == "~"]
-    mixed = claimed in outcomes and against in outcomes
-    why = "comparisons disagree" if mixed else f"within noise at p < {ALPHA}: {', '.join(noisy)}"
-    return Verdict("inconclusive", why + "; more seeds or epochs would tell", numbers)
-
-
-def _guard(check: Callable[[pd.DataFrame], Verdict]) -> Callable[[pd.DataFrame], Verdict]:
-    def run(df: pd.DataFrame) -> Verdict:
-        try:
-            return check(df)
-        except Missing as why:
-            return Verdict("inconclusive", str(why))
-
-    return run
-
-
-# --- the claims ------------------------------------------------------------------------------
-
-
-@_guard
-def gn_beats_bn_small_batch(df: pd.DataFrame) -> Verdict:
-    both = sorted(set(df[df.norm_tag == "bn"].batch_size) & set(df[df.norm_tag == "gn"].batch_size))
-    small = [b for b in both if b <= SMALL_BATCH]
-    if not small:
-        raise Missing(f"no batch size <= {SMALL_BATCH} has both bn and gn runs (have: {both or 'none'})")
-    return _combine([_compare(df, "gn", "bn", b) for b in small])
-
-
-@_guard
-def bn_degrades_gn_flat(df: pd.DataFrame) -> Verdict:
-    """Both halves must hold: BN loses accuracy from the largest to the smallest batch
-    (significantly), and loses significantly more than GN does."""
-    both = sorted(set(df[df.norm_tag == "bn"].batch_size) & set(df[df.norm_tag == "gn"].batch_size))
-    if len(both) < 2 or min(both) > SMALL_BATCH or max(both) < 32:
-        raise Missing(f"needs bn and gn at a batch size <= {SMALL_BATCH} and one >= 32 (have: {both or 'none'})")
-    lo, hi = min(both), max(both)
-    bn_loss = Comparison(f"bn at batch {hi}", f"bn at batch {lo}", _values(df, "bn", hi), _values(df, "bn", lo))
-    gn_loss = Comparison(f"gn at batch {hi}", f"gn at batch {lo}", _values(df, "gn", hi), _values(df, "gn", lo))
-    diff = bn_loss.diff - gn_loss.diff  # how much more accuracy BN loses than GN going down to `lo`
-    se = math.sqrt(sum(c.a.var(ddof=1) / len(c.a) + c.b.var(ddof=1) / len(c.b) for c in (bn_loss, gn_loss)))
-    z = diff / se if se > 0 else (math.copysign(math.inf, diff) if diff else 0.0)
-    p_more, p_less = float(stats.norm.sf(z)), float(stats.norm.cdf(z))
-    numbers = [bn_loss.line(), gn_loss.line(),
-               f"BN - GN accuracy gap: {(bn_loss.a.mean() - gn_loss.a.mean()) * 100:+.2f} points at batch {hi}, "
-               f"{(bn_loss.b.mean() - gn_loss.b.mean()) * 100:+.2f} at batch {lo} (change {-diff * 100:+.2f} "
-               f"± {se * 100:.2f} s.e., one-sided p = {min(p_more, p_less):.3g})"]
-    if bn_loss.outcome == ">" and p_more < ALPHA:
-        return Verdict("supported", f"BN loses accuracy as the batch shrinks, significantly more than GN (p < {ALPHA})",
-                       numbers)
-    if bn_loss.outcome == "<":
-        return Verdict("refuted", f"BN gains accuracy as the batch shrinks from {hi} to {lo} (p < {ALPHA})", numbers)
-    if p_less < ALPHA:
-        return Verdict("refuted", f"GN's accuracy moves more than BN's as the batch shrinks (p < {ALPHA})", numbers)
-    return Verdict("inconclusive", f"BN's loss, or its excess over GN's, is within noise at p < {ALPHA}", numbers)
-
-
-@_guard
-def table1_order(df: pd.DataFrame) -> Verdict:
-    order = ["bn", "gn", "ln", "in"]
-    return _combine([_compare(df, a, b, 32) for a, b in zip(order, order[1:])])
-
-
-@_guard
-def lrn_beats_none(df: pd.DataFrame) -> Verdict:
-    return _lrn_against(df, "none", lrn_first=True)
-
-
-@_guard
-def bn_beats_lrn(df: pd.DataFrame) -> Verdict:
-    return _lrn_against(df, "bn", lrn_first=False)
-
-
-def _lrn_against(df: pd.DataFrame, other: str, lrn_first: bool) -> Verdict:
-    comparisons = []
-    for tag in LRN_TAGS:
-        shared = sorted(set(df[df.norm_tag == tag].batch_size) & set(df[df.norm_tag == other].batch_size))
-        for b in shared:
-            comparisons.append(_compare(df, tag, other, b) if lrn_first else _compare(df, other, tag, b))
-    if not comparisons:
-        raise Missing(f"no batch size has both an LRN run ({' or '.join(LRN_TAGS)}) and a {other} run")
-    return _combine(comparisons)
-
-
-@_guard
-def norm_reaches_target_sooner(df: pd.DataFrame) -> Verdict:
-    shared = sorted(set(df[df.norm_tag == "bn"].batch_size) & set(df[df.norm_tag == "none"].batch_size))
-    if not shared:
-        raise Missing("no batch size has both bn and none runs")
-    comparisons = []
-    for b in shared:
-        runs = {}
-        for tag in ("none", "bn"):
-            _values(df, tag, b)  # same guards: present, finished, >= 2 seeds
-            sel = df[(df.norm_tag == tag) & (df.batch_size == b)]
-            # A run that never reached the target counts as epochs + 1 (censored, favours it).
-            runs[tag] = sel.epochs_to_target.fillna(sel.epochs + 1).astype(float).to_numpy()
-        comparisons.append(Comparison(f"none at batch {b}", f"bn at batch {b}", runs["none"], runs["bn"]))
-    target = df.target_acc.dropna().unique()
-    verdict = _combine(comparisons)
-    verdict.numbers = [c.line(scale=1.0, unit=" epochs") for c in comparisons]
-    verdict.why += f" (epochs to reach test accuracy {', '.join(f'{t:.0%}' for t in target)})"
-    return verdict
+    check: Callable[[Study, Plan], Verdict]
 
 
 CLAIMS: list[Claim] = [
     Claim("gn_beats_bn_small_batch", "GN beats BN at small batch sizes (4 and below)",
-          "Wu & He 2018, Table 2; REFERENCES.md §3, §5 claim 2",
+          "Wu & He 2018, Table 2 (docs/claims.md)",
           "ResNet-50 ImageNet val error: batch 4 BN 27.3 vs GN 24.2; batch 2 BN 34.7 vs GN 24.1",
-          "bn and gn at batch sizes <= 4, >= 2 seeds each", gn_beats_bn_small_batch),
+          "bn and gn at batch sizes <= 4 and at 32, >= 2 seeds each (5 recommended)", gn_beats_bn_small_batch),
     Claim("bn_degrades_gn_flat", "BN degrades as the batch shrinks while GN stays flat",
-          "Wu & He 2018, Table 2 and Fig. 1; REFERENCES.md §5 claims 1-2",
+          "Wu & He 2018, Table 2 and Fig. 1 (docs/claims.md)",
           "error from batch 32 to 2: BN 23.6 -> 34.7 (+11.1), GN 24.1 -> 24.1 (+0.0)",
-          "bn and gn at a batch <= 4 and one >= 32", bn_degrades_gn_flat),
+          "bn and gn at a batch <= 4 and at 32", bn_degrades_gn_flat),
     Claim("table1_order", "At batch 32: BN >= GN >= LN >= IN",
-          "Wu & He 2018, Table 1; REFERENCES.md §3, §5 claim 4",
+          "Wu & He 2018, Table 1 (docs/claims.md)",
           "ResNet-50 ImageNet val error at 32/GPU: BN 23.6, GN 24.1, LN 25.3, IN 28.4",
           "bn, gn, ln, in at batch 32", table1_order),
     Claim("lrn_beats_none", "LRN beats no normalization",
-          "Krizhevsky et al. 2012, Sec. 3.3; cuda-convnet layers-18pct vs 19pct; REFERENCES.md §2, §5 claim 5",
+          "Krizhevsky et al. 2012, Sec. 3.3; cuda-convnet layers-18pct vs 19pct (docs/claims.md)",
           "CIFAR-10 test error: AlexNet-paper CNN 13% -> 11% with LRN; cuda-convnet 19% -> 18%",
           "lrn or lrn_within and none at the same batch size", lrn_beats_none),
     Claim("bn_beats_lrn", "BN beats LRN (LRN can be replaced by BN)",
-          "REFERENCES.md §5 claim 6", "no number published: a qualitative claim",
+          "the project's source documents (docs/claims.md)", "no number published: a qualitative claim",
           "bn and lrn or lrn_within at the same batch size", bn_beats_lrn),
     Claim("norm_reaches_target_sooner", "Normalization reaches a target accuracy in fewer epochs than none",
-          "Ioffe & Szegedy 2015 (BN: same accuracy with 14x fewer steps); REFERENCES.md §4, §5 claim 7",
+          "Ioffe & Szegedy 2015 (docs/claims.md)",
           "ImageNet Inception: BN reached the baseline's accuracy in 14x fewer training steps",
           "bn and none at the same batch size", norm_reaches_target_sooner),
 ]
 
 
-def evaluate(df: pd.DataFrame) -> pd.DataFrame:
-    """Every claim in every (dataset, model, epochs) group: one row each."""
+#: The columns the claims read: selecting rows of only these keeps a check fast (a record
+#: has ~60 columns, the history among them), which the calibration simulation relies on.
+COLUMNS = ["norm_tag", "batch_size", "status", "setup_id", "row_label", "run_key", METRIC, "steps", "epochs",
+           "target_acc", "epochs_to_target"]
+
+
+def check(claim: Claim, runs: pd.DataFrame, plan: Plan) -> Verdict:
+    """One claim over one study's runs (``normbench.setups.annotate`` columns needed)."""
+    try:
+        return claim.check(Study(runs[COLUMNS]), plan)
+    except Missing as why:
+        return Verdict("inconclusive", str(why))
+    except OutOfScope as gate:
+        return Verdict("out of scope", str(gate), gates=gate.gates)
+
+
+def evaluate(df: pd.DataFrame, plan: Plan | None = None) -> pd.DataFrame:
+    """Every claim in every study (``normbench.setups.annotate`` columns needed): one row each."""
+    plan = plan or Plan()
     rows = []
-    for group, runs in df.groupby(GROUP, sort=True):
+    for (study, label), runs in df.groupby(["study_id", "study_label"], sort=True):
         for claim in CLAIMS:
-            v = claim.check(runs)
-            rows.append({**dict(zip(GROUP, group)), "claim": claim.key, "statement": claim.statement,
+            v = check(claim, runs, plan)
+            rows.append({"study_id": study, "study": label, "claim": claim.key, "statement": claim.statement,
                          "source": claim.source, "paper": claim.paper, "needs": claim.needs,
-                         "verdict": v.verdict, "why": v.why, "numbers": v.numbers})
+                         "verdict": v.verdict, "why": v.why, "numbers": v.numbers, "gates": v.gates})
     return pd.DataFrame(rows)

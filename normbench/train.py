@@ -1,4 +1,4 @@
-"""Hydra entry point: one config -> one run directory (DESIGN.md, "Run directory").
+"""Hydra entry point: one config -> one run directory (docs/records.md).
 
 ``run(cfg)`` validates the config, skips a finished run, resumes an unfinished one from
 ``ckpt/last.ckpt``, trains with Lightning, and writes ``record.json`` atomically with status

@@ -35,6 +35,13 @@ def test_other_data_at_the_same_config_is_another_run(quick, tmp_path, fresh_pro
     assert second["run_key"] != first["run_key"]
     assert second["data_fingerprint"] != first["data_fingerprint"]
     assert (second["train_images"], second["test_images"]) == (first["train_images"], first["test_images"])
+    # ... and the report keeps the two apart: two tables, never one pooled cell.
+    from normbench.records import load_records
+    from normbench.setups import annotate
+
+    df, problems = load_records(Path(str(quick().paths.runs)))
+    df = annotate(df)[0]
+    assert problems == [] and len(df) == 2 and df.table.nunique() == 2 and df.setup_id.nunique() == 2
 
 
 def test_the_same_data_at_another_path_is_the_same_run(quick, cifar_root, tmp_path, fresh_process, caplog):

@@ -1,0 +1,110 @@
+"""Check normbench's GPU path and measure it, in one call (a lent GPU comes for minutes).
+
+    python scripts/gpu_check.py --data-root DIR [--out DIR] [--budget-s 480]
+
+1. GPU path: real short runs of ``convnet`` (bn, gn) through ``normbench.train.run``, in one
+   process as a sweep runs them, largest batch first, in three modes: fp32; bf16-mixed with
+   channels_last; and bf16-mixed, channels_last and ``trainer.cuda_graphs=true``. Each run
+   must end ``ok`` and record ``peak_mem_kind: cuda_max_allocated``; peaks that fall with the
+   batch size show the counter is reset per run (without the reset every later run would
+   report the first run's peak).
+2. Throughput of those runs (images/s, first epoch left out: it holds the compile), from the
+   records through ``normbench.derived``.
+3. The overhead benchmark (``normbench.bench``): normbench vs a plain PyTorch loop, fp32.
+
+Writes ``gpu_runs.csv`` and ``overhead.csv`` under ``--out`` and prints both tables. Each part
+checks the remaining budget first and says what it skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+MODES = {
+    "fp32": ["trainer.precision=32-true"],
+    "bf16+cl": ["trainer.precision=bf16-mixed", "trainer.channels_last=true"],
+    "bf16+cl+graphs": ["trainer.precision=bf16-mixed", "trainer.channels_last=true", "trainer.cuda_graphs=true"],
+}
+
+
+def gpu_runs(data_root: str, runs: Path, deadline: float, accelerator: str = "gpu") -> list[dict]:
+    from hydra import compose, initialize_config_dir
+
+    from normbench.derived import derive
+    from normbench.train import CONFIG_DIR, run
+
+    plan = [(mode, norm, b) for mode in MODES for norm in ("bn", "gn")
+            for b in ((32, 2) if mode.endswith("graphs") else (128, 32, 2))
+            if accelerator == "gpu" or mode == "fp32"]
+    rows = []
+    for mode, norm, batch in plan:
+        if time.monotonic() > deadline:
+            print(f"skipped (budget): {mode} {norm} bs{batch}", flush=True)
+            continue
+        overrides = [f"norm={norm}", f"batch_size={batch}", "epochs=2", "data.train_size=2048",
+                     f"data.root={data_root}", "data.download=false", f"paths.runs={runs / mode}",
+                     "trainer.progress=none", f"trainer.accelerator={accelerator}", *MODES[mode]]
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            cfg = compose(config_name="train", overrides=overrides)
+        t0 = time.perf_counter()
+        rec = run(cfg)
+        d = derive(rec.get("history") or [])
+        rows.append({"mode": mode, "norm": norm, "batch_size": batch, "status": rec["status"],
+                     "images_per_s": d["train_images_per_s"], "test_acc": d["test_acc"],
+                     "peak_mem_mb": rec.get("peak_mem_mb"), "peak_mem_kind": rec.get("peak_mem_kind"),
+                     "wall_s": time.perf_counter() - t0, "device": rec.get("device"), "error": rec.get("error")})
+        r = rows[-1]
+        print(f"{mode:>15} {norm} bs{batch:<4} {r['status']:<8} {r['images_per_s'] or 0:9.0f} img/s  "
+              f"acc {r['test_acc'] or 0:.3f}  peak {r['peak_mem_mb'] or 0:7.1f} MB ({r['peak_mem_kind']})  "
+              f"{r['wall_s']:.1f} s", flush=True)
+    return rows
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-root", required=True, help="a folder holding cifar-10-batches-py/")
+    ap.add_argument("--out", default="results/bench", help="where the CSV files go")
+    ap.add_argument("--budget-s", type=float, default=480, help="stop starting new parts after this many seconds")
+    args = ap.parse_args()
+    import torch
+
+    if not torch.cuda.is_available():
+        print("error: no CUDA GPU here; this script checks the GPU path", file=sys.stderr)
+        return 2
+    logging.getLogger("normbench").setLevel(logging.WARNING)
+    for name in ("lightning.pytorch", "lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    start = time.monotonic()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}", flush=True)
+    with tempfile.TemporaryDirectory(prefix="normbench-gpu-") as tmp:
+        rows = gpu_runs(args.data_root, Path(tmp), start + args.budget_s * 0.5)
+    if rows:
+        with open(out / "gpu_runs.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+    bad = [r for r in rows if r["status"] != "ok" or r["peak_mem_kind"] != "cuda_max_allocated"]
+    print(f"GPU path: {len(rows) - len(bad)}/{len(rows)} runs ok with a per-run CUDA peak", flush=True)
+    for r in bad:
+        print(f"  FAILED {r['mode']} {r['norm']} bs{r['batch_size']}: {r['status']} {r['error']}", flush=True)
+    left = args.budget_s - (time.monotonic() - start)
+    if left < 120:
+        print(f"overhead benchmark skipped: {left:.0f} s of budget left", flush=True)
+        return 1 if bad else 0
+    from normbench.bench import main as bench_main
+
+    bench_main(["--repeats", "2", "--data-root", args.data_root, "--csv", str(out / "overhead.csv")])
+    print(f"total {time.monotonic() - start:.0f} s", flush=True)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

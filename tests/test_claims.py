@@ -1,0 +1,208 @@
+"""Every claim on constructed supported / not reproduced / inconclusive / out-of-scope cases,
+the validity gates with their measured reasons, and the calibration of the verdicts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from normbench import claims, setups
+from normbench.derived import derive_record
+from normbench.records import FIELDS
+
+from records_factory import record, seeds
+
+PLAN = claims.Plan()
+
+
+def frame(recs: list[dict]) -> pd.DataFrame:
+    rows = [{**{f: r.get(f) for f in FIELDS}, **derive_record(r), "run_dir": r["run_key"]} for r in recs]
+    return setups.annotate(pd.DataFrame(rows))[0]
+
+
+def verdict(claim_fn, recs: list[dict]) -> claims.Verdict:
+    claim = next(c for c in claims.CLAIMS if c.check is claim_fn)
+    return claims.check(claim, frame(recs), PLAN)
+
+
+def reference(bn=(0.70, 0.71, 0.72), gn=(0.70, 0.705, 0.71), **kw) -> list[dict]:
+    return seeds("bn", 32, list(bn), **kw) + seeds("gn", 32, list(gn), **kw)
+
+
+def test_gn_beats_bn_small_batch_four_ways():
+    supported = seeds("bn", 2, [0.50, 0.52, 0.54]) + seeds("gn", 2, [0.68, 0.69, 0.70]) + reference()
+    v = verdict(claims.gn_beats_bn_small_batch, supported)
+    assert v.verdict == "supported", v
+    assert v.numbers[0].startswith("gn - bn at batch 2: +17.00 points, 95% CI [")
+    assert "df = " in v.numbers[0] and "(Holm " in v.numbers[0] and "gn@2 69.00 ± 1.00 (n=3)" in v.numbers[0]
+    assert any(g.startswith("passed training length: batch 2 took 500 SGD steps") for g in v.gates)
+    against = seeds("bn", 4, [0.70, 0.71, 0.72]) + seeds("gn", 4, [0.60, 0.61, 0.62]) + reference()
+    v = verdict(claims.gn_beats_bn_small_batch, against)
+    assert v.verdict == "not reproduced" and v.why.startswith("in this setup, gn - bn at batch 4 went significantly")
+    noisy = seeds("bn", 2, [0.50, 0.60, 0.55]) + seeds("gn", 2, [0.52, 0.58, 0.57]) + reference()
+    v = verdict(claims.gn_beats_bn_small_batch, noisy)
+    assert v.verdict == "inconclusive" and "within noise" in v.why
+    one_seed = seeds("bn", 2, [0.5]) + seeds("gn", 2, [0.6]) + reference()
+    v = verdict(claims.gn_beats_bn_small_batch, one_seed)
+    assert v.verdict == "inconclusive" and "only 1 seed of" in v.why
+    no_reference = seeds("bn", 2, [0.5, 0.6]) + seeds("gn", 2, [0.6, 0.7])
+    v = verdict(claims.gn_beats_bn_small_batch, no_reference)
+    assert v.verdict == "inconclusive" and "at the reference batch 32" in v.why
+    diverged = (seeds("bn", 2, [0.5, 0.52]) + [record("bn", 2, 2, None, status="diverged")]
+                + seeds("gn", 2, [0.6, 0.61]) + reference())
+    v = verdict(claims.gn_beats_bn_small_batch, diverged)
+    assert v.verdict == "inconclusive" and "1 run(s) of bn@2 diverged" in v.why
+
+
+def test_zero_spread_is_inconclusive_not_significant():
+    # Two seeds per arm, every one the same accuracy, one test image apart between arms.
+    recs = seeds("bn", 2, [0.500, 0.500]) + seeds("gn", 2, [0.501, 0.501]) + reference()
+    v = verdict(claims.gn_beats_bn_small_batch, recs)
+    assert v.verdict == "inconclusive" and v.why.startswith("no spread over seeds in gn - bn at batch 2")
+
+
+def test_fixed_epoch_sweep_is_out_of_scope_with_the_measured_reason():
+    # As release 1's example: the same images per epoch at every batch size, so batch 2 takes
+    # 16x the steps of batch 32, and GN (batch-blind) moves with it.
+    fixed = dict(images_per_epoch=5000)
+    recs = (seeds("bn", 2, [0.49, 0.50, 0.51], **fixed) + seeds("gn", 2, [0.44, 0.45, 0.46], **fixed)
+            + seeds("bn", 32, [0.48, 0.49, 0.50], **fixed) + seeds("gn", 32, [0.40, 0.41, 0.42], **fixed))
+    for claim_fn in (claims.gn_beats_bn_small_batch, claims.bn_degrades_gn_flat):
+        v = verdict(claim_fn, recs)
+        assert v.verdict == "out of scope" and "training length" in v.why
+        assert v.gates[1].startswith("failed training length: batch 32 took 781 SGD steps, batch 2 took 12,500 "
+                                     "(16.0x), and gn, which does not see the batch, moved 4.00 points across batch 2, 32")
+    # The same design where the batch-blind baseline stays put is converged enough to judge.
+    flat_none = recs + seeds("none", 2, [0.30, 0.31, 0.32], **fixed) + seeds("none", 32, [0.30, 0.31, 0.32], **fixed)
+    v = verdict(claims.gn_beats_bn_small_batch, flat_none)
+    assert any("but none, which does not see the batch, moved 0.00 points" in g for g in v.gates)
+
+
+def test_metric_and_domain_gates():
+    short = (seeds("bn", 2, [0.50, 0.52, 0.54], epochs=4) + seeds("gn", 2, [0.68, 0.69, 0.70], epochs=4)
+             + reference(epochs=4))
+    v = verdict(claims.gn_beats_bn_small_batch, short)
+    assert v.verdict == "out of scope" and v.why.startswith("validity gate failed: metric")
+    assert any("these runs have 4" in g for g in v.gates)
+    far = seeds("bn", 2, [0.50, 0.52, 0.54]) + seeds("gn", 2, [0.68, 0.69, 0.70]) + reference(gn=(0.60, 0.61, 0.62))
+    v = verdict(claims.gn_beats_bn_small_batch, far)
+    assert v.verdict == "out of scope" and v.why.startswith("validity gate failed: domain")
+    assert "failed domain: at batch 32 GN - BN = -10.00 points" in v.gates[-1]
+
+
+def test_bn_degrades_gn_flat_needs_gn_to_stay_flat():
+    base = seeds("bn", 2, [0.50, 0.51, 0.52]) + reference(bn=(0.70, 0.71, 0.72), gn=(0.700, 0.705, 0.710))
+    flat = base + seeds("gn", 2, [0.700, 0.703, 0.706])
+    v = verdict(claims.bn_degrades_gn_flat, flat)
+    assert v.verdict == "supported", v
+    assert v.numbers[1].startswith("gn@2 - gn@32: -0.20 points") and "claimed within ±1" in v.numbers[1]
+    assert v.numbers[-1].startswith("context, not part of the verdict: the BN - GN gap grows by")
+    moves = base + seeds("gn", 2, [0.60, 0.605, 0.61])  # GN moves 10 points: not flat
+    v = verdict(claims.bn_degrades_gn_flat, moves)
+    assert v.verdict == "not reproduced" and "gn@2 - gn@32" in v.why
+    bn_gains = seeds("bn", 2, [0.80, 0.81, 0.82]) + reference() + seeds("gn", 2, [0.700, 0.703, 0.706])
+    v = verdict(claims.bn_degrades_gn_flat, bn_gains)
+    assert v.verdict == "not reproduced" and "bn@32 - bn@2" in v.why
+
+
+def test_table1_order_is_non_inferiority():
+    same = [0.700, 0.702, 0.704, 0.701, 0.703]
+    equal = seeds("bn", 32, same) + seeds("gn", 32, same) + seeds("ln", 32, same) + seeds("in", 32, same)
+    v = verdict(claims.table1_order, equal)
+    assert v.verdict == "supported", v  # equal layers satisfy ">=" (a strict test never could)
+    assert "claimed > -1" in v.numbers[0]
+    swapped = (seeds("bn", 32, same) + seeds("gn", 32, [x - 0.05 for x in same]) + seeds("ln", 32, same)
+               + seeds("in", 32, same))
+    v = verdict(claims.table1_order, swapped)
+    assert v.verdict == "not reproduced" and "gn - ln at batch 32" in v.why
+    v = verdict(claims.table1_order, equal[:15])
+    assert v.verdict == "inconclusive" and "no runs of in at batch 32" in v.why
+
+
+def test_lrn_claims():
+    recs = (seeds("none", 100, [0.60, 0.61, 0.62]) + seeds("lrn", 100, [0.64, 0.65, 0.66], norm="lrn")
+            + seeds("lrn_within", 100, [0.63, 0.64, 0.65], norm="lrn") + seeds("bn", 100, [0.70, 0.71, 0.72]))
+    assert verdict(claims.lrn_beats_none, recs).verdict == "supported"
+    assert verdict(claims.bn_beats_lrn, recs).verdict == "supported"
+    worse = seeds("none", 100, [0.70, 0.71, 0.72]) + seeds("lrn_within", 100, [0.60, 0.61, 0.62], norm="lrn")
+    assert verdict(claims.lrn_beats_none, worse).verdict == "not reproduced"
+    assert "no batch size has both an LRN run" in verdict(claims.bn_beats_lrn, worse).why
+
+
+def test_target_epochs_claim():
+    recs = (seeds("none", 32, [0.5, 0.5, 0.5], to_target=None)
+            + [record("bn", 32, s, 0.7, to_target=t) for s, t in enumerate((1, 2, 1))])
+    v = verdict(claims.norm_reaches_target_sooner, recs)
+    assert v.verdict == "supported", v
+    assert "none@32 6.00 ± 0.00 (n=3)" in v.numbers[0]  # never reached: epochs + 1
+    slower = (seeds("none", 32, [0.7] * 3, to_target=1)
+              + [record("bn", 32, s, 0.7, to_target=t) for s, t in enumerate((4, 3, 4))])
+    assert verdict(claims.norm_reaches_target_sooner, slower).verdict == "not reproduced"
+
+
+def test_a_tag_with_two_setups_is_not_pooled_in_a_claim():
+    recs = (seeds("bn", 2, [0.50, 0.52, 0.54]) + seeds("gn", 2, [0.68, 0.69, 0.70])
+            + seeds("gn", 2, [0.60, 0.61, 0.62], norm_extra={"groups": 16}) + reference())
+    v = verdict(claims.gn_beats_bn_small_batch, recs)
+    assert v.verdict == "inconclusive" and "gn@2 has 2 different setups in this study" in v.why
+    assert "give them distinct norm.tag values" in v.why
+
+
+def test_studies_are_judged_apart():
+    one = seeds("bn", 2, [0.50, 0.52, 0.54]) + seeds("gn", 2, [0.68, 0.69, 0.70]) + reference()
+    other = (seeds("bn", 2, [0.70, 0.72, 0.74], base_lr=0.1) + seeds("gn", 2, [0.60, 0.61, 0.62], base_lr=0.1)
+             + reference(base_lr=0.1))
+    result = claims.evaluate(frame(one + other), PLAN)
+    gn = result[result.claim == "gn_beats_bn_small_batch"].set_index("study").verdict
+    assert sorted(gn) == ["not reproduced", "supported"]
+    assert any("optim.base_lr=0.1" in s for s in gn.index)
+
+
+# --- calibration -------------------------------------------------------------------------------
+
+
+def _simulate(claim_fn, template: pd.DataFrame, means: dict[tuple[str, int], float], sd: float, sims: int,
+              seed: int) -> dict[str, float]:
+    """Verdict rates over ``sims`` sweeps: each run's last-5 accuracy redrawn as
+    N(mean of its arm, sd) in the template (real records of the sweep's shape)."""
+    claim = next(c for c in claims.CLAIMS if c.check is claim_fn)
+    rng = np.random.default_rng(seed)
+    arm = list(zip(template.norm_tag, template.batch_size))
+    mu = np.array([means[a] for a in arm])
+    counts = dict.fromkeys(claims.VERDICTS, 0)
+    df = template.copy()
+    for _ in range(sims):
+        df[claims.METRIC] = mu + rng.normal(0, sd, len(mu))
+        counts[claims.check(claim, df, PLAN).verdict] += 1
+    return {k: v / sims for k, v in counts.items()}
+
+
+@pytest.fixture(scope="module")
+def sweep() -> pd.DataFrame:
+    """bn and gn at batch 2, 4 and 32, 5 seeds each, equal steps: the records' format."""
+    return frame([r for tag in ("bn", "gn") for b in (2, 4, 32) for r in seeds(tag, b, [0.7] * 5)])
+
+
+# At most 5% (the level), with room for the simulation's own binomial noise (2 s.e.).
+SIMS = 1000
+LIMIT = 0.05 + 2 * np.sqrt(0.05 * 0.95 / SIMS)
+
+
+@pytest.mark.parametrize("claim_fn", [claims.gn_beats_bn_small_batch, claims.bn_degrades_gn_flat])
+def test_verdicts_are_calibrated_under_no_effect(sweep, claim_fn):
+    null = {(t, b): 0.70 for t in ("bn", "gn") for b in (2, 4, 32)}
+    rates = _simulate(claim_fn, sweep, null, sd=0.005, sims=SIMS, seed=1)
+    assert rates["supported"] <= LIMIT and rates["not reproduced"] <= LIMIT, rates
+    assert rates["out of scope"] == 0  # equal steps, GN and BN equal at 32: every gate passes
+
+
+def test_a_three_sigma_effect_with_five_seeds_is_found(sweep):
+    sd = 0.005
+    effect = {("bn", 2): 0.70 - 3 * sd, ("bn", 4): 0.70 - 3 * sd, ("bn", 32): 0.70,
+              ("gn", 2): 0.70, ("gn", 4): 0.70, ("gn", 32): 0.70}
+    rates = _simulate(claims.gn_beats_bn_small_batch, sweep, effect, sd=sd, sims=300, seed=2)
+    assert rates["supported"] >= 0.8 and rates["not reproduced"] == 0, rates
+    against = {k: (0.70 + 3 * sd if k[0] == "bn" and k[1] < 32 else v) for k, v in effect.items()}
+    rates = _simulate(claims.gn_beats_bn_small_batch, sweep, against, sd=sd, sims=300, seed=3)
+    assert rates["not reproduced"] >= 0.8 and rates["supported"] == 0, rates
