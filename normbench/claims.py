@@ -198,37 +198,37 @@ def _runs(study: Study, tag: str, batch_size: int) -> tuple[pd.DataFrame, str]:
     return sel, label
 
 
-def _values(df: Study, tag: str, batch_size: int, metric: str = METRIC) -> tuple[np.ndarray, str]:
-    sel, label = _runs(df, tag, batch_size)
+def _values(study: Study, tag: str, batch_size: int, metric: str = METRIC) -> tuple[np.ndarray, str]:
+    sel, label = _runs(study, tag, batch_size)
     values = pd.to_numeric(sel[metric], errors="coerce").dropna().to_numpy(float)
     if len(values) < 2:
         raise Missing(f"only {len(values)} seed of {label}: the spread over seeds is unknown (run 5 seeds)")
     return values, label
 
 
-def _diff(df: Study, a: tuple[str, int], b: tuple[str, int], metric: str = METRIC) -> Contrast:
-    va, la = _values(df, *a, metric=metric)
-    vb, lb = _values(df, *b, metric=metric)
+def _diff(study: Study, a: tuple[str, int], b: tuple[str, int], metric: str = METRIC) -> Contrast:
+    va, la = _values(study, *a, metric=metric)
+    vb, lb = _values(study, *b, metric=metric)
     return Contrast.diff(la, va, lb, vb)
 
 
-def _mean(df: Study, tag: str, b: int) -> float:
-    return float(pd.to_numeric(_runs(df, tag, b)[0][METRIC], errors="coerce").mean())
+def _mean(study: Study, tag: str, b: int) -> float:
+    return float(pd.to_numeric(_runs(study, tag, b)[0][METRIC], errors="coerce").mean())
 
 
 # --- validity gates ---------------------------------------------------------------------------
 
 
-def gate_metric(df: Study, plan: Plan) -> str:
-    epochs = int(df.df.epochs.min())
+def gate_metric(study: Study, plan: Plan) -> str:
+    epochs = int(study.df.epochs.min())
     if epochs < plan.min_epochs:
         return (f"failed metric: the accuracy is the median of the final 5 epochs (GN paper), which needs at least "
                 f"{plan.min_epochs} epochs; these runs have {epochs}, so it mixes in the first epochs")
     return f"passed metric: {epochs} epochs >= {plan.min_epochs}"
 
 
-def gate_training_length(df: Study, batches: Sequence[int], plan: Plan) -> str:
-    steps = {b: float(pd.concat([g for (_, gb), g in df.arms.items() if gb == b]).steps.median()) for b in batches}
+def gate_training_length(study: Study, batches: Sequence[int], plan: Plan) -> str:
+    steps = {b: float(pd.concat([g for (_, gb), g in study.arms.items() if gb == b]).steps.median()) for b in batches}
     known = {b: s for b, s in steps.items() if not math.isnan(s) and s > 0}
     if len(known) < len(batches):
         return "failed training length: the records do not say how many SGD steps were taken"
@@ -238,9 +238,9 @@ def gate_training_length(df: Study, batches: Sequence[int], plan: Plan) -> str:
     if ratio <= plan.steps_ratio:
         return f"passed training length: {said}, within {plan.steps_ratio:g}x"
     for baseline in ("none", "gn"):
-        if set(batches) <= set(df.batches(baseline)):
+        if set(batches) <= set(study.batches(baseline)):
             try:
-                means = {b: _mean(df, baseline, b) for b in batches}
+                means = {b: _mean(study, baseline, b) for b in batches}
             except Missing:
                 continue
             swing = max(means.values()) - min(means.values())
@@ -254,8 +254,8 @@ def gate_training_length(df: Study, batches: Sequence[int], plan: Plan) -> str:
             f"length does not matter; train every batch size for the same steps")
 
 
-def gate_domain(df: Study, plan: Plan) -> str:
-    gap = _mean(df, "gn", REFERENCE_BATCH) - _mean(df, "bn", REFERENCE_BATCH)
+def gate_domain(study: Study, plan: Plan) -> str:
+    gap = _mean(study, "gn", REFERENCE_BATCH) - _mean(study, "bn", REFERENCE_BATCH)
     said = f"at batch {REFERENCE_BATCH} GN - BN = {_pts(gap)} points"
     if abs(gap) <= plan.domain:
         return f"passed domain: {said} (within ±{plan.domain * 100:g})"
@@ -268,8 +268,8 @@ def _gated(gates: list[str]) -> None:
         raise OutOfScope(gates)
 
 
-def _small_and_reference(df: Study) -> list[int]:
-    both = df.batches("bn", "gn")
+def _small_and_reference(study: Study) -> list[int]:
+    both = study.batches("bn", "gn")
     small = [b for b in both if b <= SMALL_BATCH]
     if not small or REFERENCE_BATCH not in both:
         raise Missing(f"needs bn and gn at a batch size <= {SMALL_BATCH} and at the reference batch {REFERENCE_BATCH} "
@@ -277,11 +277,11 @@ def _small_and_reference(df: Study) -> list[int]:
     return small
 
 
-def _batch_claim_gates(df: Study, small: list[int], plan: Plan) -> list[str]:
+def _batch_claim_gates(study: Study, small: list[int], plan: Plan) -> list[str]:
     for b in (*small, REFERENCE_BATCH):  # needed runs present and finished before any gate reads them
-        _values(df, "bn", b)
-        _values(df, "gn", b)
-    gates = [gate_metric(df, plan), gate_training_length(df, [*small, REFERENCE_BATCH], plan), gate_domain(df, plan)]
+        _values(study, "bn", b)
+        _values(study, "gn", b)
+    gates = [gate_metric(study, plan), gate_training_length(study, [*small, REFERENCE_BATCH], plan), gate_domain(study, plan)]
     _gated(gates)
     return gates
 
@@ -289,28 +289,28 @@ def _batch_claim_gates(df: Study, small: list[int], plan: Plan) -> list[str]:
 # --- the claims ------------------------------------------------------------------------------
 
 
-def gn_beats_bn_small_batch(df: Study, plan: Plan) -> Verdict:
-    small = _small_and_reference(df)
-    gates = _batch_claim_gates(df, small, plan)
-    v = decide([Test(f"gn - bn at batch {b}", _diff(df, ("gn", b), ("bn", b))) for b in small], plan)
+def gn_beats_bn_small_batch(study: Study, plan: Plan) -> Verdict:
+    small = _small_and_reference(study)
+    gates = _batch_claim_gates(study, small, plan)
+    v = decide([Test(f"gn - bn at batch {b}", _diff(study, ("gn", b), ("bn", b))) for b in small], plan)
     v.gates = gates
     return v
 
 
-def bn_degrades_gn_flat(df: Study, plan: Plan) -> Verdict:
+def bn_degrades_gn_flat(study: Study, plan: Plan) -> Verdict:
     """BN loses accuracy from batch 32 to each small batch, and GN stays within the margin."""
-    small = _small_and_reference(df)
-    gates = _batch_claim_gates(df, small, plan)
+    small = _small_and_reference(study)
+    gates = _batch_claim_gates(study, small, plan)
     ref = REFERENCE_BATCH
     tests = []
     for b in small:
-        tests.append(Test(f"bn@{ref} - bn@{b}", _diff(df, ("bn", ref), ("bn", b))))
-        tests.append(Test(f"gn@{b} - gn@{ref}", _diff(df, ("gn", b), ("gn", ref)), "equivalent", plan.margin))
+        tests.append(Test(f"bn@{ref} - bn@{b}", _diff(study, ("bn", ref), ("bn", b))))
+        tests.append(Test(f"gn@{b} - gn@{ref}", _diff(study, ("gn", b), ("gn", ref)), "equivalent", plan.margin))
     v = decide(tests, plan)
     v.gates = gates
     lo = min(small)
     cells = [("bn", ref, 1.0), ("bn", lo, -1.0), ("gn", ref, -1.0), ("gn", lo, 1.0)]
-    gap = Contrast(tuple(Cell(f"{t}@{b}", _values(df, t, b)[0], w) for t, b, w in cells))
+    gap = Contrast(tuple(Cell(f"{t}@{b}", _values(study, t, b)[0], w) for t, b, w in cells))
     try:
         lo_ci, hi_ci = gap.ci()
         v.numbers.append(f"context, not part of the verdict: the BN - GN gap grows by {_pts(gap.estimate)} points "
@@ -321,10 +321,10 @@ def bn_degrades_gn_flat(df: Study, plan: Plan) -> Verdict:
     return v
 
 
-def table1_order(df: Study, plan: Plan) -> Verdict:
-    gates = [gate_metric(df, plan)]
+def table1_order(study: Study, plan: Plan) -> Verdict:
+    gates = [gate_metric(study, plan)]
     order = ["bn", "gn", "ln", "in"]
-    contrasts = [_diff(df, (a, REFERENCE_BATCH), (b, REFERENCE_BATCH)) for a, b in zip(order, order[1:])]
+    contrasts = [_diff(study, (a, REFERENCE_BATCH), (b, REFERENCE_BATCH)) for a, b in zip(order, order[1:])]
     _gated(gates)
     tests = [Test(f"{a} - {b} at batch {REFERENCE_BATCH}", c, "noninferior", plan.margin)
              for (a, b), c in zip(zip(order, order[1:]), contrasts)]
@@ -333,46 +333,83 @@ def table1_order(df: Study, plan: Plan) -> Verdict:
     return v
 
 
-def _lrn_against(df: Study, plan: Plan, other: str, lrn_first: bool) -> Verdict:
+def _lrn_against(study: Study, plan: Plan, other: str, lrn_first: bool) -> Verdict:
     contrasts = []
     for tag in LRN_TAGS:
-        for b in df.batches(tag, other):
+        for b in study.batches(tag, other):
             pair = ((tag, b), (other, b)) if lrn_first else ((other, b), (tag, b))
-            contrasts.append((f"{pair[0][0]} - {pair[1][0]} at batch {b}", _diff(df, *pair)))
+            contrasts.append((f"{pair[0][0]} - {pair[1][0]} at batch {b}", _diff(study, *pair)))
     if not contrasts:
         raise Missing(f"no batch size has both an LRN run ({' or '.join(LRN_TAGS)}) and a {other} run")
-    gates = [gate_metric(df, plan)]
+    gates = [gate_metric(study, plan)]
     _gated(gates)
     v = decide([Test(label, c) for label, c in contrasts], plan)
     v.gates = gates
     return v
 
 
-def lrn_beats_none(df: Study, plan: Plan) -> Verdict:
-    return _lrn_against(df, plan, "none", lrn_first=True)
+def lrn_beats_none(study: Study, plan: Plan) -> Verdict:
+    return _lrn_against(study, plan, "none", lrn_first=True)
 
 
-def bn_beats_lrn(df: Study, plan: Plan) -> Verdict:
-    return _lrn_against(df, plan, "bn", lrn_first=False)
+def bn_beats_lrn(study: Study, plan: Plan) -> Verdict:
+    return _lrn_against(study, plan, "bn", lrn_first=False)
 
 
-def norm_reaches_target_sooner(df: Study, plan: Plan) -> Verdict:
-    shared = df.batches("bn", "none")
+def norm_reaches_target_sooner(study: Study, plan: Plan) -> Verdict:
+    shared = study.batches("bn", "none")
     if not shared:
         raise Missing("no batch size has both bn and none runs")
     tests = []
     for b in shared:
         runs = {}
         for tag in ("none", "bn"):
-            _values(df, tag, b)  # same guards: present, one setup, finished, >= 2 seeds
-            sel = df.arms[(tag, b)]
+            _values(study, tag, b)  # same guards: present, one setup, finished, >= 2 seeds
+            sel = study.arms[(tag, b)]
             # A run that never reached the target counts as epochs + 1 (censored, in its favour).
             runs[tag] = sel.epochs_to_target.astype(float).fillna(sel.epochs + 1).to_numpy(float)
         tests.append(Test(f"none - bn epochs to target at batch {b}",
                           Contrast.diff(f"none@{b}", runs["none"], f"bn@{b}", runs["bn"]), scale=1.0, unit=" epochs"))
     v = decide(tests, plan)
-    targets = ", ".join(f"{t:.0%}" for t in pd.to_numeric(df.df.target_acc, errors="coerce").dropna().unique())
+    targets = ", ".join(f"{t:.0%}" for t in pd.to_numeric(study.df.target_acc, errors="coerce").dropna().unique())
     v.why += f" (epochs to reach test accuracy {targets or 'unknown'})"
+    return v
+
+
+BATCH_FREE = ("gn", "frn", "evonorm_s0")
+
+
+def batch_free_beat_bn_small_batch(study: Study, plan: Plan) -> Verdict:
+    """Each batch-independent norm present beats BN at each batch size <= 4 (same batch: the
+    same SGD steps, so no training-length gate)."""
+    tests = [Test(f"{tag} - bn at batch {b}", _diff(study, (tag, b), ("bn", b)))
+             for b in study.batches("bn") if b <= SMALL_BATCH for tag in BATCH_FREE if (tag, b) in study.arms]
+    if not tests:
+        raise Missing(f"needs bn and at least one of {', '.join(BATCH_FREE)} at a batch size <= {SMALL_BATCH}")
+    gates = [gate_metric(study, plan)]
+    _gated(gates)
+    v = decide(tests, plan)
+    v.gates = gates
+    return v
+
+
+def brn_closes_bn_gap(study: Study, plan: Plan) -> Verdict:
+    """At each batch <= 4: BN loses accuracy against batch 32, and BRN recovers more than half
+    of it: brn@b - bn@b > (bn@32 - bn@b) / 2, i.e. brn@b - bn@b / 2 - bn@32 / 2 > 0."""
+    small = [b for b in study.batches("bn", "brn") if b <= SMALL_BATCH]
+    if not small or REFERENCE_BATCH not in study.batches("bn"):
+        raise Missing(f"needs bn and brn at a batch size <= {SMALL_BATCH} and bn at {REFERENCE_BATCH}")
+    ref = REFERENCE_BATCH
+    tests = []
+    for b in small:
+        tests.append(Test(f"bn@{ref} - bn@{b}", _diff(study, ("bn", ref), ("bn", b))))
+        cells = (Cell(f"brn@{b}", _values(study, "brn", b)[0], 1.0), Cell(f"bn@{b}", _values(study, "bn", b)[0], -0.5),
+                 Cell(f"bn@{ref}", _values(study, "bn", ref)[0], -0.5))
+        tests.append(Test(f"brn@{b} - (bn@{b} + bn@{ref}) / 2", Contrast(cells)))
+    gates = [gate_metric(study, plan), gate_training_length(study, [*small, ref], plan)]
+    _gated(gates)
+    v = decide(tests, plan)
+    v.gates = gates
     return v
 
 
@@ -395,6 +432,17 @@ CLAIMS: list[Claim] = [
           "Wu & He 2018, Table 2 and Fig. 1 (docs/claims.md)",
           "error from batch 32 to 2: BN 23.6 -> 34.7 (+11.1), GN 24.1 -> 24.1 (+0.0)",
           "bn and gn at a batch <= 4 and at 32", bn_degrades_gn_flat),
+    Claim("batch_free_beat_bn_small_batch",
+          "Batch-independent norms (GN, FRN + TLU, EvoNorm-S0) beat BN at batch sizes of 4 and below",
+          "Wu & He 2018, Table 2; Singh & Krishnan 2020; Liu et al. 2020 (docs/claims.md)",
+          "ResNet-50 ImageNet val error at batch 2: BN 34.7 vs GN 24.1; FRN + TLU: over 1 point better than GN at "
+          "small batch (abstract); EvoNorm-S0: Fig. 1 (values not read)",
+          "bn and any of gn, frn, evonorm_s0 at a batch size <= 4", batch_free_beat_bn_small_batch),
+    Claim("brn_closes_bn_gap", "BRN closes most of BN's small-batch gap (recovers over half of BN's loss from 32)",
+          "Ioffe 2017; the GN paper's BR run (docs/claims.md)",
+          "ResNet-50 ImageNet val error at 4 images/GPU: BR 26.3 vs BN 27.3 (BN at 32: 23.6), i.e. 1.0 of 3.7 "
+          "points recovered there; the BRN paper's own microbatch numbers are not verified",
+          "bn and brn at a batch size <= 4, bn at 32", brn_closes_bn_gap),
     Claim("table1_order", "At batch 32: BN >= GN >= LN >= IN",
           "Wu & He 2018, Table 1 (docs/claims.md)",
           "ResNet-50 ImageNet val error at 32/GPU: BN 23.6, GN 24.1, LN 25.3, IN 28.4",
@@ -433,10 +481,10 @@ def evaluate(df: pd.DataFrame, plan: Plan | None = None) -> pd.DataFrame:
     """Every claim in every study (``normbench.setups.annotate`` columns needed): one row each."""
     plan = plan or Plan()
     rows = []
-    for (study, label), runs in df.groupby(["study_id", "study_label"], sort=True):
+    for (study_id, label), runs in df.groupby(["study_id", "study_label"], sort=True):
         for claim in CLAIMS:
             v = check(claim, runs, plan)
-            rows.append({"study_id": study, "study": label, "claim": claim.key, "statement": claim.statement,
+            rows.append({"study_id": study_id, "study": label, "claim": claim.key, "statement": claim.statement,
                          "source": claim.source, "paper": claim.paper, "needs": claim.needs,
                          "verdict": v.verdict, "why": v.why, "numbers": v.numbers, "gates": v.gates})
     return pd.DataFrame(rows)

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from normbench.errors import ConfigError
-from normbench.norms import PLACEMENT_KEYS, build_norm
+from normbench.norms import PLACEMENT_KEYS, NormLayer, build_norm, traits
 
 PLACEMENTS = ("auto", "pre_act", "post_act")
 
@@ -47,7 +47,7 @@ class NormPlan:
         if placement not in PLACEMENTS:
             raise ConfigError(f"norm.placement={placement!r} is not valid; allowed: {' | '.join(PLACEMENTS)}")
         if placement == "auto":
-            placement = "post_act" if name == "lrn" else "pre_act"
+            placement = traits(name).placement if isinstance(name, str) and name in _known_norms() else "pre_act"
         sites = norm_cfg.get("sites", "all")
         if sites in (None, "all"):
             chosen = None
@@ -63,23 +63,43 @@ class NormPlan:
         return cls(spec, placement, chosen)
 
     def layer(self, site: str, position: str, channels: int) -> nn.Module:
-        """The norm for ``site`` at ``position`` (pre_act | post_act), else an identity."""
+        """The norm for ``site`` at ``position`` (pre_act | post_act), else an identity. The
+        layer learns its ``norm_site`` (``conv1.pre_act``): what records and checks call it."""
         if position != self.placement or (self.sites is not None and site not in self.sites):
             return nn.Identity()
         try:
-            return build_norm(self.spec, channels)
+            layer = build_norm(self.spec, channels)
         except ConfigError as err:
             raise ConfigError(f"{err} (site {site})") from None
+        layer.norm_site = f"{site}.{position}"
+        return layer
+
+    def has_norm(self, site: str) -> bool:
+        return self.spec.get("name") != "none" and (self.sites is None or site in self.sites)
 
 
+def _known_norms() -> list[str]:
+    from normbench.norms import norm_names
 
-def removes_channel_constant(norm: nn.Module) -> bool:
-    """Whether ``norm`` subtracts a per-channel mean, so that a per-channel constant before
-    it (a conv's bias) is a dead parameter: BN and IN (or GN with one channel per group) do;
-    GN with larger groups and LN do not (they subtract one mean per group)."""
-    return isinstance(norm, nn.BatchNorm2d) or (
-        isinstance(norm, nn.GroupNorm) and norm.num_groups == norm.num_channels
-    )
+    return norm_names()
+
+
+class WSConv2d(nn.Conv2d):
+    """A conv with Weight Standardization (Qiao et al. 2019, the official PyTorch layer)::
+
+        W_hat[o] = (W[o] - mean W[o]) / (std1 W[o] + 1e-5)   over (C_in, kh, kw); std1 UNBIASED,
+                                                              eps outside the sqrt
+        out = conv(x, W_hat, bias)
+
+    in training and eval. Used only on convs followed by a norm (``model.weight_std``), as
+    the official README says. timm's ``StdConv2d`` uses the biased variance with eps inside
+    the sqrt: close, not identical."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        w = self.weight
+        w = (w - w.mean(dim=(1, 2, 3), keepdim=True)) / (w.std(dim=(1, 2, 3), keepdim=True) + 1e-5)
+        return self._conv_forward(x, w, self.bias)
+
 
 
 class Net(nn.Module):
@@ -94,21 +114,30 @@ class Net(nn.Module):
         return self.classifier(self.features(x))
 
     def norms(self) -> dict[str, nn.Module]:
-        """The norm layers that are not identities, named ``<site>.<pre_act|post_act>``."""
-        out = {}
-        for name, m in self.features.named_children():
-            if name.endswith(("_pre_act", "_post_act")) and not isinstance(m, nn.Identity):
-                site, _, position = name.partition("_")
-                out[f"{site}.{position}"] = m
-        return out
+        """The norm layers, found by type (``NormLayer``) wherever they sit, named by their
+        ``<site>.<pre_act|post_act>``."""
+        return {m.norm_site: m for m in self.modules() if isinstance(m, NormLayer)}
 
 
-def _conv(plan: NormPlan, site: str, cin: int, cout: int, k: int) -> list[tuple[str, nn.Module]]:
+def _conv(plan: NormPlan, site: str, cin: int, cout: int, k: int, weight_std: bool = False
+          ) -> list[tuple[str, nn.Module]]:
+    """The conv of ``site`` and the norm right after it (an identity when the norm goes
+    elsewhere). The norm's traits decide the conv's bias (left out where the norm makes it
+    dead) and whether the norm reads the conv's weight (CBN)."""
     norm = plan.layer(site, "pre_act", cout)
-    return [
-        (site, nn.Conv2d(cin, cout, k, padding=k // 2, bias=not removes_channel_constant(norm))),
-        (f"{site}_pre_act", norm),
-    ]
+    norm_traits = traits(norm)
+    conv_cls = WSConv2d if weight_std and plan.has_norm(site) else nn.Conv2d
+    conv = conv_cls(cin, cout, k, padding=k // 2, bias=not norm_traits.flag("bias_dead", norm))
+    if norm_traits.needs_conv:
+        norm.attach_conv(conv)
+    return [(site, conv), (f"{site}_pre_act", norm)]
+
+
+def _act(norm: nn.Module, name: str) -> tuple[str, nn.Module]:
+    """The ReLU of ``site``, or an identity where the norm right after the conv is the
+    activation too (FRN + TLU, EvoNorm)."""
+    replaced = traits(norm).flag("replaces_activation", norm)
+    return (name, nn.Identity() if replaced else nn.ReLU(inplace=True))
 
 
 def _post(plan: NormPlan, site: str, channels: int) -> tuple[str, nn.Module]:
@@ -123,9 +152,9 @@ def _site_shapes(features: nn.Sequential, input_shape: tuple[int, int, int], mod
     x = torch.zeros(1, *input_shape)
     try:
         with torch.no_grad():
-            for name, m in features.named_children():
-                if name.endswith(("_pre_act", "_post_act")):
-                    shapes[name] = tuple(x.shape)
+            for m in features.children():
+                if isinstance(m, NormLayer):
+                    shapes[m.norm_site] = tuple(x.shape)
                 else:
                     was_training = m.training
                     x = m.eval()(x)
@@ -141,20 +170,24 @@ def _site_shapes(features: nn.Sequential, input_shape: tuple[int, int, int], mod
 CONVNET_SITES = ("conv1", "conv2", "conv3")
 
 
-def convnet(plan: NormPlan, input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0) -> Net:
-    """Caffe cifar10_full / cuda-convnet layers-18pct (REFERENCES.md §2)."""
+def convnet(plan: NormPlan, input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0,
+            weight_std: bool = False) -> Net:
+    """Caffe cifar10_full / cuda-convnet layers-18pct (docs/norms.md, "Backbones")."""
     c1, c2, c3 = (max(1, round(c * width)) for c in (32, 32, 64))
+    conv1 = _conv(plan, "conv1", input_shape[0], c1, 5, weight_std)
+    conv2 = _conv(plan, "conv2", c1, c2, 5, weight_std)
+    conv3 = _conv(plan, "conv3", c2, c3, 5, weight_std)
     layers = [
-        *_conv(plan, "conv1", input_shape[0], c1, 5),
+        *conv1,
         ("pool1", nn.MaxPool2d(3, 2, ceil_mode=True)),
-        ("relu1", nn.ReLU(inplace=True)),
+        _act(conv1[1][1], "relu1"),
         _post(plan, "conv1", c1),
-        *_conv(plan, "conv2", c1, c2, 5),
-        ("relu2", nn.ReLU(inplace=True)),
+        *conv2,
+        _act(conv2[1][1], "relu2"),
         ("pool2", nn.AvgPool2d(3, 2, ceil_mode=True)),
         _post(plan, "conv2", c2),
-        *_conv(plan, "conv3", c2, c3, 5),
-        ("relu3", nn.ReLU(inplace=True)),
+        *conv3,
+        _act(conv3[1][1], "relu3"),
         ("pool3", nn.AvgPool2d(3, 2, ceil_mode=True)),
         _post(plan, "conv3", c3),
     ]
@@ -168,7 +201,7 @@ ALEXNET_SITES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
 def alexnet(plan: NormPlan, input_shape: tuple[int, int, int], num_classes: int, width: float = 0.5,
-            dropout: float = 0.5) -> Net:
+            dropout: float = 0.5, weight_std: bool = False) -> Net:
     """AlexNet's layer pattern (Krizhevsky et al. 2012, Sec. 3.5) scaled to 32x32 inputs."""
     c = [max(1, round(ch * width)) for ch in (96, 256, 384, 384, 256)]
     hidden = max(1, round(4096 * width / 4))  # 4096-wide fc layers would dwarf the convs at 32x32
@@ -176,7 +209,8 @@ def alexnet(plan: NormPlan, input_shape: tuple[int, int, int], num_classes: int,
     cin = input_shape[0]
     for i, (cout, k) in enumerate(zip(c, (5, 5, 3, 3, 3)), start=1):
         site = f"conv{i}"
-        layers += [*_conv(plan, site, cin, cout, k), (f"relu{i}", nn.ReLU(inplace=True)), _post(plan, site, cout)]
+        conv = _conv(plan, site, cin, cout, k, weight_std)
+        layers += [*conv, _act(conv[1][1], f"relu{i}"), _post(plan, site, cout)]
         if i in (1, 2, 5):
             layers.append((f"pool{i}", nn.MaxPool2d(3, 2, padding=1)))
         cin = cout
@@ -216,6 +250,8 @@ def build_model(model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], input
     width = kwargs.get("width", 1.0)
     if isinstance(width, bool) or not isinstance(width, (int, float)) or width <= 0:
         raise ConfigError(f"model.width={width!r} is not valid; allowed: a number > 0")
+    if not isinstance(kwargs.get("weight_std", False), bool):
+        raise ConfigError(f"model.weight_std={kwargs['weight_std']!r} is not valid; allowed: true or false")
     plan = NormPlan.from_config(norm_cfg, sites, name)
     net = builder(plan, input_shape, num_classes, **kwargs)
     net.placement = plan.placement
@@ -226,20 +262,20 @@ def build_model(model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], input
 
 def check_statistics(net: Net, input_shape: tuple[int, int, int], batch_size: int, norm: str | None) -> None:
     """Fail when a norm would compute a statistic over a single value (its output would be
-    the bias alone): IN on a 1x1 map, GN with one channel per group on a 1x1 map, LN with one
-    channel on a 1x1 map, or BN with batch size 1 on a 1x1 map."""
+    the bias alone, or undefined for an unbiased variance): each norm's trait
+    ``values_per_statistic`` counts them at its site, e.g. IN on a 1x1 map, GN with one
+    channel per group on a 1x1 map, BN at batch size 1 on a 1x1 map, FRN on a 1x1 map."""
     shapes, _ = _site_shapes(net.features, input_shape, type(net).__name__)
     for key, m in net.norms().items():
-        _, c, h, w = shapes[key.replace(".", "_")]
-        if isinstance(m, nn.BatchNorm2d):
-            count, what = batch_size * h * w, f"batch_size={batch_size} x {h}x{w} map"
-        elif isinstance(m, nn.GroupNorm):
-            count, what = (c // m.num_groups) * h * w, f"{c // m.num_groups} channel(s) per group x {h}x{w} map"
-        else:
+        count_fn = traits(m).values_per_statistic
+        if count_fn is None:
             continue
+        _, c, h, w = shapes[key]
+        count = count_fn(m, (batch_size, c, h, w))
         if count < 2:
             site = key.split(".")[0]
             raise ConfigError(
-                f"norm={norm} at site {site} would normalize over 1 value ({what}): every output "
-                f"would equal its bias; choose other norm.sites, a larger input or batch, or another norm"
+                f"norm={norm} at site {site} would normalize over {count} value (batch_size={batch_size}, "
+                f"{c} channels, {h}x{w} map): every output would equal its bias; choose other norm.sites, a larger "
+                f"input or batch, or another norm"
             )

@@ -2,8 +2,9 @@
 
 The run directory is ``<runs>/<dataset>/<model>/<norm_tag>/bs<B>/seed<S>-<hash8>/``, where
 ``hash8`` hashes the experiment config: everything that changes the numbers, the data's
-fingerprint included, not where files go or how the run is launched (docs/records.md). The report reads nothing from training but these
-records, so this module imports neither torch nor Lightning.
+fingerprint included, not where files go or how the run is launched (docs/records.md).
+The report reads nothing from training but these records, so this module imports neither
+torch nor Lightning.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ HASHED: dict[str, bool | tuple[str, ...]] = {
     "model": True, "norm": True, "optim": True,
     "trainer": ("precision", "deterministic", "channels_last"),
 }
+#: Keys added after runs were recorded, at the value that reproduces those runs exactly: left
+#: out of the hash at that value, so existing run keys stay valid (and such runs skip).
+NEUTRAL: dict[tuple[str, str], Any] = {("model", "weight_std"): False}
 #: The norm group of a run that places no norm layer (``norm=none``, or ``norm.sites=[]``):
 #: whatever else the config said, it trains the same network as ``norm=none``.
 NO_NORM = {"name": "none", "tag": "none"}
@@ -96,6 +100,9 @@ def experiment_config(cfg: Mapping[str, Any], data_fingerprint: str | None = Non
             out[key] = value
         else:
             out[key] = {k: value[k] for k in keep if k in value}
+    for (group, key), value in NEUTRAL.items():
+        if isinstance(out.get(group), dict) and key in out[group] and out[group][key] == value:
+            out[group] = {k: v for k, v in out[group].items() if k != key}
     if "data" in out:
         out["data"] = {**out["data"], "fingerprint": data_fingerprint}
     if "norm" in out and places_no_norm(out["norm"]):

@@ -11,6 +11,8 @@
 2. Throughput of those runs (images/s, first epoch left out: it holds the compile), from the
    records through ``normbench.derived``.
 3. The overhead benchmark (``normbench.bench``): normbench vs a plain PyTorch loop, fp32.
+4. ``--parts norms``: every newer norm (configs/norm) for one epoch at batch 32 in bf16-mixed
+   with channels_last, then with cuda_graphs: that each runs on the GPU, and at what speed.
 
 Writes ``gpu_runs.csv`` and ``overhead.csv`` under ``--out`` and prints both tables. Each part
 checks the remaining budget first and says what it skipped.
@@ -31,6 +33,47 @@ MODES = {
     "bf16+cl": ["trainer.precision=bf16-mixed", "trainer.channels_last=true"],
     "bf16+cl+graphs": ["trainer.precision=bf16-mixed", "trainer.channels_last=true", "trainer.cuda_graphs=true"],
 }
+
+
+NEWER = ["sn", "pn", "bgn", "cbn", "frn", "sabn", "brn", "evonorm_b0", "evonorm_s0", "gn_ws"]
+
+
+def _run_one(overrides: list[str]) -> tuple[dict, float]:
+    from hydra import compose, initialize_config_dir
+
+    from normbench.train import CONFIG_DIR, run
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    t0 = time.perf_counter()
+    try:
+        rec = run(cfg)
+    except Exception as err:  # noqa: BLE001 - a check script: report and go on
+        rec = {"status": "error", "error": f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"}
+    return rec, time.perf_counter() - t0
+
+
+def newer_norm_runs(data_root: str, runs: Path, deadline: float) -> list[dict]:
+    from normbench.derived import derive
+
+    rows = []
+    for graphs in (False, True):
+        for norm in NEWER:
+            if time.monotonic() > deadline:
+                print(f"skipped (budget): {norm} graphs={graphs}", flush=True)
+                continue
+            mode = "bf16+cl" + ("+graphs" if graphs else "")
+            rec, wall = _run_one([f"norm={norm}", "batch_size=32", "epochs=2", "data.train_size=2048",
+                                  f"data.root={data_root}", "data.download=false", f"paths.runs={runs / mode}",
+                                  "trainer.progress=none", "trainer.accelerator=gpu", *MODES[mode]])
+            d = derive(rec.get("history") or [])
+            rows.append({"mode": mode, "norm": norm, "batch_size": 32, "status": rec["status"],
+                         "images_per_s": d["train_images_per_s"], "test_acc": d["test_acc"],
+                         "peak_mem_mb": rec.get("peak_mem_mb"), "wall_s": wall, "error": rec.get("error")})
+            r = rows[-1]
+            print(f"{mode:>15} {norm:<11} {r['status']:<8} {r['images_per_s'] or 0:9.0f} img/s  "
+                  f"acc {r['test_acc'] or 0:.3f}  {wall:.1f} s  {r['error'] or ''}", flush=True)
+    return rows
 
 
 def gpu_runs(data_root: str, runs: Path, deadline: float, accelerator: str = "gpu") -> list[dict]:
@@ -71,6 +114,8 @@ def main() -> int:
     ap.add_argument("--data-root", required=True, help="a folder holding cifar-10-batches-py/")
     ap.add_argument("--out", default="results/bench", help="where the CSV files go")
     ap.add_argument("--budget-s", type=float, default=480, help="stop starting new parts after this many seconds")
+    ap.add_argument("--parts", nargs="+", default=["path", "bench"], choices=["path", "bench", "norms"],
+                    help="what to run (default: path bench)")
     args = ap.parse_args()
     import torch
 
@@ -84,6 +129,17 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}", flush=True)
+    if "norms" in args.parts:
+        with tempfile.TemporaryDirectory(prefix="normbench-gpu-") as tmp:
+            rows = newer_norm_runs(args.data_root, Path(tmp), start + args.budget_s)
+        with open(out / "gpu_newer_norms.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+            writer.writeheader()
+            writer.writerows(rows)
+        bad = [r for r in rows if r["status"] != "ok"]
+        print(f"newer norms on the GPU: {len(rows) - len(bad)}/{len(rows)} runs ok", flush=True)
+        if "path" not in args.parts:
+            return 1 if bad else 0
     with tempfile.TemporaryDirectory(prefix="normbench-gpu-") as tmp:
         rows = gpu_runs(args.data_root, Path(tmp), start + args.budget_s * 0.5)
     if rows:

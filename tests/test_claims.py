@@ -206,3 +206,26 @@ def test_a_three_sigma_effect_with_five_seeds_is_found(sweep):
     against = {k: (0.70 + 3 * sd if k[0] == "bn" and k[1] < 32 else v) for k, v in effect.items()}
     rates = _simulate(claims.gn_beats_bn_small_batch, sweep, against, sd=sd, sims=300, seed=3)
     assert rates["not reproduced"] >= 0.8 and rates["supported"] == 0, rates
+
+
+def test_batch_free_norms_beat_bn_small_batch():
+    recs = (seeds("bn", 2, [0.50, 0.52, 0.54]) + seeds("gn", 2, [0.60, 0.61, 0.62])
+            + seeds("frn", 2, [0.62, 0.63, 0.64]) + seeds("evonorm_s0", 2, [0.58, 0.59, 0.60]))
+    v = verdict(claims.batch_free_beat_bn_small_batch, recs)
+    assert v.verdict == "supported" and [n.split(":")[0] for n in v.numbers] == \
+        ["gn - bn at batch 2", "frn - bn at batch 2", "evonorm_s0 - bn at batch 2"]
+    worse = seeds("bn", 2, [0.70, 0.71, 0.72]) + seeds("frn", 2, [0.60, 0.61, 0.62])
+    v = verdict(claims.batch_free_beat_bn_small_batch, worse)
+    assert v.verdict == "not reproduced" and "frn - bn at batch 2" in v.why
+    assert verdict(claims.batch_free_beat_bn_small_batch, seeds("bn", 32, [0.7, 0.71])).verdict == "inconclusive"
+
+
+def test_brn_closes_most_of_bns_gap():
+    base = seeds("bn", 2, [0.50, 0.51, 0.52]) + seeds("bn", 32, [0.70, 0.71, 0.72])
+    v = verdict(claims.brn_closes_bn_gap, base + seeds("brn", 2, [0.68, 0.69, 0.70]))
+    assert v.verdict == "supported", v
+    assert v.numbers[1].startswith("brn@2 - (bn@2 + bn@32) / 2: +8.00 points")
+    v = verdict(claims.brn_closes_bn_gap, base + seeds("brn", 2, [0.52, 0.53, 0.54]))  # 2 of 20 points back
+    assert v.verdict == "not reproduced" and "brn@2 - (bn@2 + bn@32) / 2" in v.why
+    no_gap = seeds("bn", 2, [0.70, 0.71, 0.72]) + seeds("bn", 32, [0.70, 0.71, 0.72]) + seeds("brn", 2, [0.75, 0.76, 0.77])
+    assert verdict(claims.brn_closes_bn_gap, no_gap).verdict != "supported"  # no gap: nothing to close

@@ -256,7 +256,7 @@ def test_placement_keys_are_ignored():
 @pytest.mark.parametrize(
     ("spec", "channels", "message"),
     [
-        ({"name": "batchnorm"}, 8, "norm.name='batchnorm' is not a known normalization; allowed: none, bn, ln, in, gn, lrn"),
+        ({"name": "batchnorm"}, 8, "norm.name='batchnorm' is not a known normalization; allowed: none, bn, ln, in, gn, sabn, lrn, frn, evonorm_s0, evonorm_b0, sn, bgn, brn, cbn, pn"),
         ({}, 8, "norm.name=None is not a known normalization"),
         ({"name": "gn", "groups": 3}, 8, "norm.groups=3 is not valid for norm 'gn'; allowed: a divisor of the 8 channels"),
         ({"name": "gn", "group_size": 3}, 8, "norm.group_size=3 is not valid for norm 'gn'; allowed: a divisor of the 8"),
@@ -287,7 +287,8 @@ def test_bad_spec_raises_one_clear_line(spec, channels, message):
 
 
 def test_registry_names():
-    assert norm_names() == ["none", "bn", "ln", "in", "gn", "lrn"]
+    assert norm_names() == ["none", "bn", "ln", "in", "gn", "sabn", "lrn", "frn", "evonorm_s0", "evonorm_b0", "sn",
+                            "bgn", "brn", "cbn", "pn"]
 
 
 def test_build_norm_accepts_omegaconf_node():

@@ -176,10 +176,10 @@ def test_slurm_launcher_config_composes():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("norm=batchnorm", "norm=batchnorm is not a known norm; allowed: bn, gn, in, ln, lrn, lrn_within, none"),
+        ("norm=batchnorm", "norm=batchnorm is not a known norm; allowed: bgn, bn, brn, cbn, evonorm_b0, evonorm_s0, frn, gn, gn_ws, in, ln, lrn, lrn_within, none, pn, sabn, sn"),
         ("model=resnet", "model=resnet is not a known model; allowed: alexnet, convnet"),
         ("data=imagenet", "data=imagenet is not a known data; allowed: cifar10, cifar100, fashion_mnist"),
-        ("experiment=gn_vs_bm", "experiment=gn_vs_bm is not a known experiment; allowed: gn_vs_bn, lrn_ablation, norm_zoo, smoke"),
+        ("experiment=gn_vs_bm", "experiment=gn_vs_bm is not a known experiment; allowed: gn_vs_bn, lrn_ablation, norm_zoo, norm_zoo_small, smoke"),
     ],
 )
 def test_unknown_group_option_lists_valid_names(override, message):
@@ -196,7 +196,7 @@ def test_cli_unknown_norm_in_a_sweep_is_one_line(cifar_root, tmp_path):
     proc = subprocess.run(train_cmd(cifar_root, tmp_path, "-m", "norm=bn,batchnorm"), env=ENV, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: norm=batchnorm is not a known norm; allowed: bn, gn, in, ln, lrn, lrn_within, none"
+    assert proc.stderr.strip() == "error: norm=batchnorm is not a known norm; allowed: bgn, bn, brn, cbn, evonorm_b0, evonorm_s0, frn, gn, gn_ws, in, ln, lrn, lrn_within, none, pn, sabn, sn"
     assert not (tmp_path / "runs").exists()
 
 
@@ -225,9 +225,9 @@ def test_unwritable_results_folder(quick, tmp_path):
 @pytest.mark.parametrize(
     ("norm", "shape", "batch", "message"),
     [
-        ({"name": "in"}, (3, 2, 2), 8, "norm=in at site conv2 would normalize over 1 value (1 channel(s) per group x 1x1 map)"),
+        ({"name": "in"}, (3, 2, 2), 8, "norm=in at site conv2 would normalize over 1 value (batch_size=8, 64 channels, 1x1 map)"),
         ({"name": "gn", "group_size": 1}, (3, 2, 2), 8, "norm=gn at site conv2 would normalize over 1 value"),
-        ({"name": "bn"}, (3, 2, 2), 1, "norm=bn at site conv2 would normalize over 1 value (batch_size=1 x 1x1 map)"),
+        ({"name": "bn"}, (3, 2, 2), 1, "norm=bn at site conv2 would normalize over 1 value (batch_size=1, 64 channels, 1x1 map)"),
     ],
 )
 def test_statistics_over_a_single_value_are_refused(norm, shape, batch, message):

@@ -38,7 +38,7 @@ def test_every_preset_composes_and_sweeps(preset):
 
 
 def test_presets_cover_the_studies():
-    assert {"smoke", "gn_vs_bn", "lrn_ablation", "norm_zoo"} <= set(PRESETS)
+    assert {"smoke", "gn_vs_bn", "lrn_ablation", "norm_zoo", "norm_zoo_small"} <= set(PRESETS)
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
@@ -47,7 +47,10 @@ def test_presets_cover_the_studies():
     assert params.batch_size == "2,4,8,16,32,64,128" and params.norm == "bn,gn" and params.seed == "0,1,2"
 
 
-@pytest.mark.parametrize("norm", ["none", "bn", "ln", "in", "gn", "lrn", "lrn_within"])
+NORM_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "norm").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("norm", NORM_CONFIGS)
 def test_every_norm_config_builds_on_both_models(norm):
     from normbench.models import build_model
 
@@ -282,3 +285,25 @@ def test_real_cifar10_bn_convnet_learns(tmp_path):
     rec = run(cfg)
     assert rec["status"] == "ok"
     assert final_acc(rec) > 0.35, rec["history"]
+
+
+# Those whose wiring goes beyond the layer: CBN reads its conv, FRN replaces the ReLU, PN has
+# its own autograd Function and counters, gn_ws sets a model key. Every layer's numbers,
+# gradients and checkpointed state are tested in tests/test_newer_norms.py.
+@pytest.mark.parametrize("norm", ["cbn", "frn", "pn", "gn_ws"])
+def test_newer_norms_train_end_to_end(quick, norm):
+    rec = run(quick(f"norm={norm}", "epochs=1", "batch_size=4", "data.train_size=48"))
+    assert rec["status"] == "ok", rec.get("error")
+    assert rec["norm_sites"] == ["conv1.pre_act", "conv2.pre_act", "conv3.pre_act"]
+    assert 0 < final_acc(rec) <= 1
+    if norm == "gn_ws":
+        assert rec["norm_tag"] == "gn_ws" and rec["config"]["model"]["weight_std"] is True
+
+
+def test_weight_std_false_keeps_existing_run_keys(quick):
+    # model.weight_std was added after runs were recorded: at false it is left out of the hash.
+    resolved = __import__("omegaconf").OmegaConf.to_container(quick("norm=gn"), resolve=True)
+    assert resolved["model"]["weight_std"] is False
+    without = json.loads(json.dumps(resolved))
+    del without["model"]["weight_std"]
+    assert run_key(experiment_config(resolved, "f" * 16)) == run_key(experiment_config(without, "f" * 16))

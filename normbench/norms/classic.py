@@ -1,0 +1,131 @@
+"""The classic normalizations: BN, LN, IN, GN (Wu & He 2018's definitions for conv maps),
+and Sandwich BN, which is BN with a second affine (docs/norms.md).
+
+LN, IN and GN carry a per-channel affine, as in the GN paper: LN is ``GroupNorm(1, C)``
+(not ``nn.LayerNorm([C, H, W])``, a per-element affine) and IN is ``GroupNorm(C, C)`` (not
+``nn.InstanceNorm2d``, which has no affine by default).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from normbench.errors import ConfigError
+from normbench.norms.registry import NormLayer, NormTraits, boolean, divisor, fail, real, register_norm
+
+
+class BatchNorm2d(nn.BatchNorm2d, NormLayer):
+    """``nn.BatchNorm2d``, marked as a norm layer (same parameters and state_dict keys)."""
+
+
+class GroupNorm(nn.GroupNorm, NormLayer):
+    """``nn.GroupNorm``, marked as a norm layer (same parameters and state_dict keys)."""
+
+
+def _bn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
+    n, _, h, w = shape
+    return n * h * w
+
+
+def _gn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
+    _, c, h, w = shape
+    return (c // layer.num_groups) * h * w
+
+
+BN_TRAITS = NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=_bn_count, stateful=True)
+GROUP_TRAITS = NormTraits(bias_dead=lambda m: m.num_groups == m.num_channels, values_per_statistic=_gn_count)
+
+
+def _eps(name: str, eps: float) -> float:
+    return real(name, "eps", eps, low=0.0, open_low=True)
+
+
+def _momentum(name: str, momentum: float) -> float:
+    return real(name, "momentum", momentum, low=0.0, high=1.0)
+
+
+@register_norm("none")
+def no_norm(channels: int) -> nn.Module:
+    """No normalization: the identity."""
+    return nn.Identity()
+
+
+@register_norm("bn", BN_TRAITS)
+def batch_norm(channels: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> BatchNorm2d:
+    """Batch Normalization (Ioffe & Szegedy 2015): statistics over (N, H, W) per channel.
+
+    Training normalizes with the batch's biased variance; evaluation with running
+    averages updated as ``run = (1 - momentum) * run + momentum * batch`` (unbiased
+    variance), PyTorch's convention. Keras' ``momentum`` is the weight of the *old* value:
+    Keras 0.99 equals ``momentum=0.01`` here.
+    """
+    return BatchNorm2d(channels, eps=_eps("bn", eps), momentum=_momentum("bn", momentum),
+                       affine=boolean("bn", "affine", affine))
+
+
+@register_norm("ln", GROUP_TRAITS)
+def layer_norm(channels: int, eps: float = 1e-5, affine: bool = True) -> GroupNorm:
+    """Layer Normalization as the GN paper defines it for conv maps: statistics over
+    (C, H, W) per sample, per-channel affine; ``nn.GroupNorm(1, C)``."""
+    return GroupNorm(1, channels, eps=_eps("ln", eps), affine=boolean("ln", "affine", affine))
+
+
+@register_norm("in", GROUP_TRAITS)
+def instance_norm(channels: int, eps: float = 1e-5, affine: bool = True) -> GroupNorm:
+    """Instance Normalization with the GN paper's per-channel affine: statistics over
+    (H, W) per sample and channel; ``nn.GroupNorm(C, C)``. Same numbers in train and eval
+    (no running statistics), unlike ``nn.InstanceNorm2d(track_running_stats=True)``."""
+    return GroupNorm(channels, channels, eps=_eps("in", eps), affine=boolean("in", "affine", affine))
+
+
+@register_norm("gn", GROUP_TRAITS)
+def group_norm(channels: int, groups: int | None = 32, group_size: int | None = None, eps: float = 1e-5,
+               affine: bool = True) -> GroupNorm:
+    """Group Normalization (Wu & He 2018): statistics over (C/G, H, W) per sample and group.
+
+    Give ``groups`` (G, default 32 as in the paper) or ``group_size`` (channels per group,
+    the paper's Table 3 variant); setting ``group_size`` overrides the default G. G = 1 is
+    LN and G = C is IN.
+    """
+    eps = _eps("gn", eps)
+    affine = boolean("gn", "affine", affine)
+    if group_size is not None:
+        groups = channels // divisor("gn", "group_size", group_size, channels)
+    elif groups is None:
+        raise ConfigError("norm 'gn': set norm.groups or norm.group_size")
+    else:
+        groups = divisor("gn", "groups", groups, channels)
+    return GroupNorm(groups, channels, eps=eps, affine=affine)
+
+
+class SandwichBatchNorm2d(nn.BatchNorm2d, NormLayer):
+    """Sandwich Batch Normalization (Gong et al. 2021, arXiv 2102.11382) with one condition:
+
+        h = BN(x) with its own affine (gamma_sa = 1, beta_sa = 0 at init)
+        y = gamma_1 * h + beta_1,   (gamma_1, beta_1) = embed.weight[0]  (an Embedding(1, 2C))
+
+    as the official ``SandwichBatchNorm2d`` (VITA-Group/Sandwich-Batch-Normalization @a446d8d)
+    with K = 1: a classifier has no per-sample condition (conditioning on the true class would
+    leak the label). So SaBN here is BN with a second, redundant affine: the same functions,
+    another parametrization (weight decay and the lr act on both affines). gamma_1 is drawn
+    from N(1, 0.02) as in the official code, but from a generator of its own seeded from
+    torch's seed, so that building it draws nothing from the global stream: a SaBN arm keeps
+    the conv weights of the BN arm with the same seed.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5, momentum: float = 0.1) -> None:
+        super().__init__(channels, eps=eps, momentum=momentum, affine=True)
+        g = torch.Generator().manual_seed(torch.initial_seed() % 2**63)
+        weight = torch.cat([1 + 0.02 * torch.randn(1, channels, generator=g), torch.zeros(1, channels)], dim=1)
+        self.embed = nn.Embedding(1, 2 * channels, _weight=weight)  # given weights: no draw from torch's stream
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gamma, beta = self.embed.weight[0].view(2, -1, 1, 1)
+        return (super().forward(x) * gamma + beta).to(x.dtype)
+
+
+@register_norm("sabn", BN_TRAITS)
+def sandwich_batch_norm(channels: int, eps: float = 1e-5, momentum: float = 0.1) -> SandwichBatchNorm2d:
+    """Sandwich BN with one condition (K = 1): ``SandwichBatchNorm2d``."""
+    return SandwichBatchNorm2d(channels, eps=_eps("sabn", eps), momentum=_momentum("sabn", momentum))
