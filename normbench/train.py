@@ -328,7 +328,11 @@ def _train(cfg: DictConfig, c: dict[str, Any], experiment: dict[str, Any], ident
         # Small batches on a GPU are bound by kernel launches; CUDA graphs replay the whole
         # forward+backward as one launch. torch.compile's cudagraph trees keep BN's buffer
         # updates inside the graph; the optimizer and lr schedule stay eager, so they are
-        # exactly as without capture. Train batches have one shape (drop_last).
+        # exactly as without capture. Train batches have one shape (drop_last). The runs of a
+        # sweep share a process and their layers share code objects: without a reset, dynamo's
+        # recompile limit (8) is reached after a few runs and later runs silently go eager
+        # (seen on an H200: docs/measurements/h200_gpu_newer_norms.log).
+        torch._dynamo.reset()
         trained = torch.compile(model, mode="reduce-overhead")
     mean, std = ds.channel_stats()
     d = c["data"]

@@ -53,11 +53,11 @@ def _run_one(overrides: list[str]) -> tuple[dict, float]:
     return rec, time.perf_counter() - t0
 
 
-def newer_norm_runs(data_root: str, runs: Path, deadline: float) -> list[dict]:
+def newer_norm_runs(data_root: str, runs: Path, deadline: float, modes: tuple[bool, ...] = (False, True)) -> list[dict]:
     from normbench.derived import derive
 
     rows = []
-    for graphs in (False, True):
+    for graphs in modes:
         for norm in NEWER:
             if time.monotonic() > deadline:
                 print(f"skipped (budget): {norm} graphs={graphs}", flush=True)
@@ -116,6 +116,7 @@ def main() -> int:
     ap.add_argument("--budget-s", type=float, default=480, help="stop starting new parts after this many seconds")
     ap.add_argument("--parts", nargs="+", default=["path", "bench"], choices=["path", "bench", "norms"],
                     help="what to run (default: path bench)")
+    ap.add_argument("--graphs-only", action="store_true", help="norms: only the cuda_graphs mode")
     args = ap.parse_args()
     import torch
 
@@ -131,7 +132,8 @@ def main() -> int:
     print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}", flush=True)
     if "norms" in args.parts:
         with tempfile.TemporaryDirectory(prefix="normbench-gpu-") as tmp:
-            rows = newer_norm_runs(args.data_root, Path(tmp), start + args.budget_s)
+            rows = newer_norm_runs(args.data_root, Path(tmp), start + args.budget_s,
+                                   (True,) if args.graphs_only else (False, True))
         with open(out / "gpu_newer_norms.csv", "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=list(rows[0]))
             writer.writeheader()
