@@ -36,7 +36,7 @@ from normbench import fingerprint
 from normbench.derived import derive
 from normbench.errors import ConfigError, NormbenchError
 from normbench.models import Net, build_model
-from normbench.norms import resolved_params
+from normbench.norms import TRAITS, resolved_params
 from normbench.module import Diverged, NormbenchModule, check_optim
 from normbench.records import (CONFIG, FINISHED, config_hash, experiment_config, norm_tag, read_record, run_key,
                                run_lock, write_record, write_text_atomic)
@@ -83,6 +83,11 @@ def check_config(c: dict[str, Any]) -> None:
     _int_at_least("data.eval_batch_size", 1, d.get("eval_batch_size"))
     check_optim(c["optim"])
     if c["trainer"].get("cuda_graphs"):
+        norm = c["norm"].get("name")
+        if norm in TRAITS and not TRAITS[norm].cuda_graphs:
+            raise ConfigError(f"trainer.cuda_graphs=true does not work with norm={norm}: it reads a step counter on "
+                              f"the host every step, which breaks the graphs (2-3x slower than eager, measured); "
+                              f"drop trainer.cuda_graphs")
         on_cpu = c["trainer"]["accelerator"] == "cpu" or not torch.cuda.is_available()
         if on_cpu:
             raise ConfigError("trainer.cuda_graphs=true needs a CUDA GPU and this run would be on the CPU; "

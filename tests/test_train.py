@@ -218,6 +218,7 @@ def test_lr_scaling_and_schedule():
         (["model.width=0"], "model.width=0 is not valid; allowed: a number > 0"),
         (["trainer.cuda_graphs=true", "trainer.accelerator=cpu"],
          "trainer.cuda_graphs=true needs a CUDA GPU and this run would be on the CPU; drop trainer.cuda_graphs or run on a GPU"),
+        (["trainer.cuda_graphs=true", "norm=pn"], "trainer.cuda_graphs=true does not work with norm=pn: it reads a step counter"),
         (["trainer.threads=0"], "trainer.threads=0 is not valid; allowed: an integer >= 1, or null"),
         (["trainer.steps_per_call=0"], "trainer.steps_per_call=0 is not valid; allowed: auto, or an integer >= 1"),
     ],

@@ -225,7 +225,7 @@ class CrossIterationBatchNorm2d(nn.Module, NormLayer):
 
 
 @register_norm("cbn", NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=_bn_count,
-                                 stateful=True, needs_conv=True))
+                                 stateful=True, needs_conv=True, cuda_graphs=False))
 def cross_iteration_batch_norm(channels: int, buffer_num: int = 3, rho: float = 1.0, burnin: int = 8,
                                two_stage: bool = True, momentum: float = 0.1,
                                eps: float = 1e-5) -> CrossIterationBatchNorm2d:

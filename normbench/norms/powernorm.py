@@ -111,7 +111,8 @@ def _pn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
     return min(n * h * w, c // layer.group_num)
 
 
-@register_norm("pn", NormTraits(batch_dependent=True, values_per_statistic=_pn_count, stateful=True))
+@register_norm("pn", NormTraits(batch_dependent=True, values_per_statistic=_pn_count, stateful=True,
+                                cuda_graphs=False))
 def power_norm(channels: int, eps: float = 1e-5, alpha_fwd: float = 0.9, alpha_bkw: float = 0.9,
                warmup_iters: int = 10000, group_num: int = 1) -> PowerNorm2d:
     """PowerNorm, NCHW adaptation (``PowerNorm2d``)."""

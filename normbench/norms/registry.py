@@ -51,7 +51,10 @@ class NormTraits:
     - ``stateful``: it carries state across steps (running statistics, counters, buffers),
       which a checkpoint must hold;
     - ``needs_conv``: it reads the weight of the conv feeding it (CBN): the model hands it
-      the conv with ``layer.attach_conv(conv)``.
+      the conv with ``layer.attach_conv(conv)``;
+    - ``cuda_graphs``: it can be captured in CUDA graphs. PN and CBN read a step counter on
+      the host every step: captured, they break the graph and ran 2-3x slower than eager
+      (H200, docs/measurements), so ``trainer.cuda_graphs=true`` refuses them.
     """
 
     placement: str = "pre_act"
@@ -61,6 +64,7 @@ class NormTraits:
     values_per_statistic: Callable[[nn.Module, tuple[int, int, int, int]], int] | None = None
     stateful: bool = False
     needs_conv: bool = False
+    cuda_graphs: bool = True
 
     def flag(self, name: str, layer: nn.Module) -> bool:
         value = getattr(self, name)
