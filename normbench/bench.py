@@ -125,6 +125,13 @@ def synthetic_root(folder: Path) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import sys
+
+    argv = sys.argv[1:] if argv is None else argv
+    if "--pack" in argv:  # packed training vs separate runs: normbench/bench_pack.py
+        from normbench.bench_pack import main as pack_main
+
+        return pack_main([a for a in argv if a != "--pack"])
     import logging
     import os
 

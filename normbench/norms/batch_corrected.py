@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from normbench.norms.packing import concat_pack
 from normbench.norms.registry import NormLayer, NormTraits, float32_statistics, boolean, positive_int, real, register_norm
 
 
@@ -91,7 +92,8 @@ class BatchRenorm2d(nn.Module, NormLayer):
                 f"d_max={self.d_max:g}, relax_from={self.relax_from}, r_max_at={self.r_max_at}, d_max_at={self.d_max_at}")
 
 
-@register_norm("brn", NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=_bn_count, stateful=True))
+@register_norm("brn", NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=_bn_count, stateful=True,
+                                 pack=concat_pack))
 def batch_renorm(channels: int, eps: float = 1e-5, momentum: float = 0.01, r_max: float = 3.0, d_max: float = 5.0,
                  relax_from: int = 5000, r_max_at: int = 40000, d_max_at: int = 25000) -> BatchRenorm2d:
     """Batch Renormalization (``BatchRenorm2d``)."""
@@ -155,6 +157,9 @@ class CrossIterationBatchNorm2d(nn.Module, NormLayer):
         k, flat = max(1, self.max_buffer), (self.channels, conv.weight[0].numel())
         for name, shape in (("pre_mu", (k, self.channels)), ("pre_meanx2", (k, self.channels)),
                             ("pre_dmudw", (k, *flat)), ("pre_dmeanx2dw", (k, *flat)), ("pre_weight", (k, *flat))):
+            held = getattr(self, name, None)
+            if isinstance(held, torch.Tensor) and tuple(held.shape) == shape:
+                continue  # a packed layer keeps its members' history
             self.register_buffer(name, torch.zeros(shape, dtype=conv.weight.dtype, device=conv.weight.device))
 
     def buffer_size(self) -> int:
@@ -225,7 +230,8 @@ class CrossIterationBatchNorm2d(nn.Module, NormLayer):
 
 
 @register_norm("cbn", NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=_bn_count,
-                                 stateful=True, needs_conv=True, cuda_graphs=False))
+                                 stateful=True, needs_conv=True, cuda_graphs=False,
+                                 pack=lambda layers: concat_pack(layers, ("channels",))))
 def cross_iteration_batch_norm(channels: int, buffer_num: int = 3, rho: float = 1.0, burnin: int = 8,
                                two_stage: bool = True, momentum: float = 0.1,
                                eps: float = 1e-5) -> CrossIterationBatchNorm2d:

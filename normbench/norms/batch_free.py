@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from normbench.norms.packing import concat_pack
 from normbench.norms.registry import NormLayer, NormTraits, float32_statistics, boolean, positive_int, real, register_norm
 
 
@@ -57,7 +58,8 @@ class FilterResponseNorm2d(nn.Module, NormLayer):
         return f"{self.weight.numel()}, eps={self.eps:g}, tlu={self.tlu}, learned_eps={self.learned_eps}"
 
 
-@register_norm("frn", NormTraits(replaces_activation=lambda m: m.tlu, values_per_statistic=_hw))
+@register_norm("frn", NormTraits(replaces_activation=lambda m: m.tlu, values_per_statistic=_hw,
+                                 pack=concat_pack))  # a learned eps is one scalar per member: does not pack
 def filter_response_norm(channels: int, eps: float = 1e-6, tlu: bool = True,
                          learned_eps: bool = False) -> FilterResponseNorm2d:
     """FRN + TLU (``tlu=false``: FRN alone)."""
@@ -111,7 +113,8 @@ def _s0_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
     return shape[1] // layer.groups * shape[2] * shape[3]
 
 
-@register_norm("evonorm_s0", NormTraits(replaces_activation=lambda m: m.nonlinearity, values_per_statistic=_s0_count))
+@register_norm("evonorm_s0", NormTraits(replaces_activation=lambda m: m.nonlinearity, values_per_statistic=_s0_count,
+                                        pack=lambda layers: concat_pack(layers, ("groups",))))
 def evonorm_s0(channels: int, groups: int = 32, eps: float = 1e-5, nonlinearity: bool = True) -> EvoNorm2dS0:
     """EvoNorm-S0 (``EvoNorm2dS0``)."""
     return EvoNorm2dS0(channels, groups=positive_int("evonorm_s0", "groups", groups),
@@ -161,7 +164,7 @@ class EvoNorm2dB0(nn.Module, NormLayer):
 
 
 @register_norm("evonorm_b0", NormTraits(replaces_activation=lambda m: m.nonlinearity, batch_dependent=True,
-                                        values_per_statistic=_hw, stateful=True))
+                                        values_per_statistic=_hw, stateful=True, pack=concat_pack))
 def evonorm_b0(channels: int, eps: float = 1e-5, momentum: float = 0.1, nonlinearity: bool = True) -> EvoNorm2dB0:
     """EvoNorm-B0 (``EvoNorm2dB0``)."""
     return EvoNorm2dB0(channels, eps=real("evonorm_b0", "eps", eps, low=0.0, open_low=True),

@@ -12,7 +12,8 @@ import torch
 from torch import nn
 
 from normbench.errors import ConfigError
-from normbench.norms.registry import NormLayer, NormTraits, boolean, divisor, fail, real, register_norm
+from normbench.norms.packing import concat_pack
+from normbench.norms.registry import NormLayer, NormTraits, boolean, divisor, real, register_norm
 
 
 class BatchNorm2d(nn.BatchNorm2d, NormLayer):
@@ -33,8 +34,18 @@ def _gn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
     return (c // layer.num_groups) * h * w
 
 
-BN_TRAITS = NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=_bn_count, stateful=True)
-GROUP_TRAITS = NormTraits(bias_dead=lambda m: m.num_groups == m.num_channels, values_per_statistic=_gn_count)
+def _pack_bn(layers: list[nn.Module]) -> nn.Module:
+    return concat_pack(layers, ("num_features",))
+
+
+def _pack_group(layers: list[nn.Module]) -> nn.Module:
+    return concat_pack(layers, ("num_groups", "num_channels"))  # K*G groups: member blocks stay apart
+
+
+BN_TRAITS = NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=_bn_count, stateful=True,
+                       pack=_pack_bn)
+GROUP_TRAITS = NormTraits(bias_dead=lambda m: m.num_groups == m.num_channels, values_per_statistic=_gn_count,
+                          pack=_pack_group)
 
 
 def _eps(name: str, eps: float) -> float:
@@ -125,7 +136,23 @@ class SandwichBatchNorm2d(nn.BatchNorm2d, NormLayer):
         return (super().forward(x) * gamma + beta).to(x.dtype)
 
 
-@register_norm("sabn", BN_TRAITS)
+def _pack_sabn(layers: list[nn.Module]) -> nn.Module:
+    packed = concat_pack(layers, ("num_features",))
+    c = layers[0].num_features
+    gammas = [layer.embed.weight.detach()[:, :c] for layer in layers]
+    betas = [layer.embed.weight.detach()[:, c:] for layer in layers]
+    packed.embed = nn.Embedding(1, 2 * c * len(layers), _weight=torch.cat(gammas + betas, dim=1).clone())
+    packed.embed._pack_cut = _cut_sabn_embed  # member k's row is [gamma_k | beta_k]
+    return packed
+
+
+def _cut_sabn_embed(name: str, tensor: torch.Tensor, member: int, k: int) -> torch.Tensor:
+    c = tensor.shape[1] // (2 * k)
+    return torch.cat([tensor[:, member * c:(member + 1) * c], tensor[:, (k + member) * c:(k + member + 1) * c]], dim=1)
+
+
+@register_norm("sabn", NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=_bn_count,
+                                  stateful=True, pack=_pack_sabn))
 def sandwich_batch_norm(channels: int, eps: float = 1e-5, momentum: float = 0.1) -> SandwichBatchNorm2d:
     """Sandwich BN with one condition (K = 1): ``SandwichBatchNorm2d``."""
     return SandwichBatchNorm2d(channels, eps=_eps("sabn", eps), momentum=_momentum("sabn", momentum))

@@ -3,6 +3,7 @@ the published presets and a closed-form backward (docs/norms.md, "LRN")."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -12,8 +13,17 @@ from torch.autograd.function import once_differentiable
 
 from normbench.norms.registry import NormLayer, NormTraits, choice, fail, positive_int, real, register_norm
 
+def _pack_lrn(layers: list[nn.Module]) -> nn.Module:
+    """K members' LRN: within a channel nothing changes; across channels the window is cut
+    at each member's block (block-diagonal)."""
+    packed = copy.deepcopy(layers[0])
+    packed.blocks *= len(layers)
+    packed._kernel = None
+    return packed
+
+
 #: After the ReLU, where AlexNet and Caffe put it; it keeps no state and sees no batch.
-LRN_TRAITS = NormTraits(placement="post_act")
+LRN_TRAITS = NormTraits(placement="post_act", pack=_pack_lrn)
 
 #: Named LRN settings, each as published. ``alpha_scaling="paper"`` uses alpha as given
 #: (AlexNet paper, TensorFlow); ``"per_window"`` divides it by the window's size (n across,
@@ -124,13 +134,16 @@ class LocalResponseNorm(nn.Module, NormLayer):
         divisor = 1 if alpha_scaling == "paper" else (size if region == "across" else size * size)
         self.scale = self.alpha / divisor  # A in the formula
         self._kernel: torch.Tensor | None = None  # window-sum weights, built per (C, dtype, device)
+        self.blocks = 1  # a packed layer: K members' channels side by side, windows never cross them
 
     def _window(self, like: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         c, kernel = like.shape[1], self._kernel
         if kernel is None or kernel.shape[0] != c or kernel.dtype != like.dtype or kernel.device != like.device:
             if self.region == "across":
                 idx = torch.arange(c, device=like.device)
-                kernel = ((idx[:, None] - idx[None, :]).abs() <= self.radius).to(like.dtype)
+                member = idx // (c // self.blocks)
+                near = (idx[:, None] - idx[None, :]).abs() <= self.radius
+                kernel = (near & (member[:, None] == member[None, :])).to(like.dtype)
             else:
                 w = 2 * self.radius + 1
                 kernel = torch.ones(c, 1, w, w, dtype=like.dtype, device=like.device)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from normbench.errors import ConfigError
+from normbench.norms.packing import concat_pack
 from normbench.norms.registry import NormLayer, NormTraits, float32_statistics, boolean, divisor, real, register_norm
 
 
@@ -126,7 +127,8 @@ def _bgn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
 
 
 @register_norm("bgn", NormTraits(bias_dead=lambda m: m.groups == m.weight.numel(), batch_dependent=True,
-                                 values_per_statistic=_bgn_count, stateful=True))
+                                 values_per_statistic=_bgn_count, stateful=True,
+                                 pack=lambda layers: concat_pack(layers, ("groups",), group_attr="groups")))
 def batch_group_norm(channels: int, groups: int | None = None, eps: float = 1e-5,
                      momentum: float = 0.1) -> BatchGroupNorm2d:
     """Batch Group Normalization (``BatchGroupNorm2d``); ``groups`` has no default, as in the

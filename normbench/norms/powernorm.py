@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.autograd.function import once_differentiable
 
+from normbench.norms.packing import concat_pack
 from normbench.norms.registry import NormLayer, NormTraits, float32_statistics, divisor, positive_int, real, register_norm
 
 GROUP_SCALING_EPS = 1e-5  # GroupScaling1D's own eps in the official code
@@ -112,7 +113,7 @@ def _pn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
 
 
 @register_norm("pn", NormTraits(batch_dependent=True, values_per_statistic=_pn_count, stateful=True,
-                                cuda_graphs=False))
+                                cuda_graphs=False, pack=lambda layers: concat_pack(layers, ("group_num",))))
 def power_norm(channels: int, eps: float = 1e-5, alpha_fwd: float = 0.9, alpha_bkw: float = 0.9,
                warmup_iters: int = 10000, group_num: int = 1) -> PowerNorm2d:
     """PowerNorm, NCHW adaptation (``PowerNorm2d``)."""

@@ -52,6 +52,8 @@ class NormTraits:
       which a checkpoint must hold;
     - ``needs_conv``: it reads the weight of the conv feeding it (CBN): the model hands it
       the conv with ``layer.attach_conv(conv)``;
+    - ``pack``: how K members' layers become one over K times the channels
+      (``normbench.pack``), or None where the statistics mix channels (SN);
     - ``cuda_graphs``: it can be captured in CUDA graphs. PN and CBN read a step counter on
       the host every step: captured, they break the graph and ran 2-3x slower than eager
       (H200, docs/measurements), so ``trainer.cuda_graphs=true`` refuses them.
@@ -64,6 +66,7 @@ class NormTraits:
     values_per_statistic: Callable[[nn.Module, tuple[int, int, int, int]], int] | None = None
     stateful: bool = False
     needs_conv: bool = False
+    pack: Callable[[list[nn.Module]], nn.Module] | None = None
     cuda_graphs: bool = True
 
     def flag(self, name: str, layer: nn.Module) -> bool:
