@@ -190,11 +190,16 @@ def main(argv: list[str] | None = None) -> int:
         table.add_row(str(r["batch_size"]), r["norm"], f"{r['plain_images_per_s']:.0f}", f"{r['normbench_images_per_s']:.0f}",
                       f"[{'green' if ok else 'red'}]{r['ratio']:.3f}[/]", f">= {r['target']:.2f}" if r["target"] else "–")
     console.print(table)
-    out = Path(args.csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
+    out = write_rows(rows, Path(args.csv))
+    console.print(f"written: {out}")
+    return 0
+
+
+def write_rows(rows: list[dict], path: Path) -> Path:
+    """A benchmark's rows as CSV (header from the first row), its folder made if needed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
-    console.print(f"written: {out}")
-    return 0
+    return path

@@ -20,7 +20,6 @@ gain of packing itself. Results go to a CSV and a PNG.
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from normbench.bench import write_rows
 from normbench.data import DeviceLoader
 from normbench.models import build_model
 from normbench.pack import pack_net, packed_input, packed_loss
@@ -136,12 +136,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"(channels_last {row['separate_channels_last_images_per_s']:7.0f})  packed "
                   f"{row['packed_images_per_s']:7.0f} img/s ({row['packed_per_member_images_per_s']:5.0f} per member)  "
                   f"speedup {row['speedup']:.2f}x ({row['speedup_vs_channels_last']:.2f}x)", flush=True)
-    out = Path(args.csv)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    out = write_rows(rows, Path(args.csv))
     _plot(rows, out.with_suffix(".png"))
     print(f"written: {out} and {out.with_suffix('.png')}")
     return 0
