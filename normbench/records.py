@@ -75,7 +75,7 @@ HASHED: dict[str, bool | tuple[str, ...]] = {
 }
 #: Keys added after runs were recorded, at the value that reproduces those runs exactly: left
 #: out of the hash at that value, so existing run keys stay valid (and such runs skip).
-NEUTRAL: dict[tuple[str, str], Any] = {("model", "weight_std"): False}
+NEUTRAL: dict[tuple[str, str], Any] = {("model", "weight_std"): False, ("norm", "stat_batch"): None}
 #: The norm group of a run that places no norm layer (``norm=none``, or ``norm.sites=[]``):
 #: whatever else the config said, it trains the same network as ``norm=none``.
 NO_NORM = {"name": "none", "tag": "none"}

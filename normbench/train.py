@@ -92,6 +92,11 @@ def check_config(c: dict[str, Any]) -> None:
         if on_cpu:
             raise ConfigError("trainer.cuda_graphs=true needs a CUDA GPU and this run would be on the CPU; "
                               "drop trainer.cuda_graphs or run on a GPU")
+    stat_batch = c["norm"].get("stat_batch")
+    if isinstance(stat_batch, int) and not isinstance(stat_batch, bool) and stat_batch >= 1 \
+            and c["batch_size"] % stat_batch:
+        raise ConfigError(f"norm.stat_batch={stat_batch} is not valid with batch_size={c['batch_size']}; allowed: "
+                          f"a divisor of the batch size")
     steps_per_call(c["trainer"].get("steps_per_call", "auto"), c["batch_size"])
     progress = c["trainer"].get("progress", "auto")
     if progress not in ("auto", "rich", "none"):

@@ -13,11 +13,48 @@ from torch import nn
 
 from normbench.errors import ConfigError
 from normbench.norms.packing import concat_pack
-from normbench.norms.registry import NormLayer, NormTraits, boolean, divisor, real, register_norm
+from normbench.norms.registry import NormLayer, NormTraits, boolean, divisor, positive_int, real, register_norm
 
 
 class BatchNorm2d(nn.BatchNorm2d, NormLayer):
-    """``nn.BatchNorm2d``, marked as a norm layer (same parameters and state_dict keys)."""
+    """``nn.BatchNorm2d``, marked as a norm layer (same parameters and state_dict keys).
+
+    With ``stat_batch = b`` (ghost batch BN), training statistics come from sub-batches of b
+    images of the step's batch, as BN on b-image devices in data-parallel training without
+    SyncBN (the GN paper's setting) or Batch Renorm's microbatches::
+
+        x as (N/b, b, C, H, W);  each sub-batch normalized by its own mean and biased variance
+        over (b, H, W);  running statistics updated once per step, with the average over the
+        sub-batches of their means and unbiased variances (n = b*H*W)
+
+    Evaluation uses the running statistics, as BN. (PyTorch DDP without SyncBN would instead
+    broadcast one device's buffers: the average has less noise.) b = N is plain BN.
+    """
+
+    stat_batch: int | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.stat_batch
+        if not self.training or b is None or b >= x.shape[0]:
+            return super().forward(x)
+        n, c, h, w = x.shape
+        if n % b:
+            raise ValueError(f"norm.stat_batch={b} does not divide the batch of {n} images")
+        xg = x.view(n // b, b, c, h, w)
+        mean = xg.mean(dim=(1, 3, 4), keepdim=True)
+        var = xg.var(dim=(1, 3, 4), unbiased=False, keepdim=True)
+        y = ((xg - mean) / torch.sqrt(var + self.eps)).view(n, c, h, w)
+        if self.track_running_stats:
+            count = b * h * w
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                m = self.momentum
+                self.running_mean.lerp_(mean.mean(dim=0).flatten().to(self.running_mean.dtype), m)
+                unbiased = (var * count / max(1, count - 1)).mean(dim=0).flatten()
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), m)
+        if self.affine:
+            y = y * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
+        return y
 
 
 class GroupNorm(nn.GroupNorm, NormLayer):
@@ -26,7 +63,8 @@ class GroupNorm(nn.GroupNorm, NormLayer):
 
 def _bn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
     n, _, h, w = shape
-    return n * h * w
+    b = getattr(layer, "stat_batch", None)
+    return min(n, b or n) * h * w
 
 
 def _gn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
@@ -63,16 +101,20 @@ def no_norm(channels: int) -> nn.Module:
 
 
 @register_norm("bn", BN_TRAITS)
-def batch_norm(channels: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True) -> BatchNorm2d:
+def batch_norm(channels: int, eps: float = 1e-5, momentum: float = 0.1, affine: bool = True,
+               stat_batch: int | None = None) -> BatchNorm2d:
     """Batch Normalization (Ioffe & Szegedy 2015): statistics over (N, H, W) per channel.
 
     Training normalizes with the batch's biased variance; evaluation with running
     averages updated as ``run = (1 - momentum) * run + momentum * batch`` (unbiased
     variance), PyTorch's convention. Keras' ``momentum`` is the weight of the *old* value:
-    Keras 0.99 equals ``momentum=0.01`` here.
+    Keras 0.99 equals ``momentum=0.01`` here. ``stat_batch``: ghost batch BN (``BatchNorm2d``).
     """
-    return BatchNorm2d(channels, eps=_eps("bn", eps), momentum=_momentum("bn", momentum),
-                       affine=boolean("bn", "affine", affine))
+    layer = BatchNorm2d(channels, eps=_eps("bn", eps), momentum=_momentum("bn", momentum),
+                        affine=boolean("bn", "affine", affine))
+    if stat_batch is not None:
+        layer.stat_batch = positive_int("bn", "stat_batch", stat_batch)
+    return layer
 
 
 @register_norm("ln", GROUP_TRAITS)
