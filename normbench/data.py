@@ -37,6 +37,7 @@ import torch
 from normbench.errors import ConfigError, DataError
 
 AUGMENTS = ("none", "flip", "crop_flip")
+NORMALIZATIONS = ("meanstd", "mean")
 CROP_PAD = 4  # pad-4 random crop, the standard CIFAR augmentation
 
 

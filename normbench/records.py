@@ -69,13 +69,14 @@ REQUIRED = ("run_key", "status", "dataset", "model", "norm_tag", "batch_size", "
 #: (``normbench.fingerprint``), never as a path.
 HASHED: dict[str, bool | tuple[str, ...]] = {
     "batch_size": True, "epochs": True, "seed": True,
-    "data": ("name", "augment", "train_size", "test_size", "subset_seed", "fingerprint"),
+    "data": ("name", "augment", "normalize", "train_size", "test_size", "subset_seed", "fingerprint"),
     "model": True, "norm": True, "optim": True,
     "trainer": ("precision", "deterministic", "channels_last"),
 }
 #: Keys added after runs were recorded, at the value that reproduces those runs exactly: left
 #: out of the hash at that value, so existing run keys stay valid (and such runs skip).
-NEUTRAL: dict[tuple[str, str], Any] = {("model", "weight_std"): False, ("norm", "stat_batch"): None}
+NEUTRAL: dict[tuple[str, str], Any] = {("model", "weight_std"): False, ("norm", "stat_batch"): None,
+                                       ("data", "normalize"): "meanstd"}
 #: The norm group of a run that places no norm layer (``norm=none``, or ``norm.sites=[]``):
 #: whatever else the config said, it trains the same network as ``norm=none``.
 NO_NORM = {"name": "none", "tag": "none"}

@@ -16,6 +16,7 @@ import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -75,6 +76,8 @@ def check_config(c: dict[str, Any]) -> None:
     _int_at_least("seed", 0, c.get("seed"))
     d = c["data"]
     datamod.dataset_spec(d["name"])
+    if d.get("normalize", "meanstd") not in datamod.NORMALIZATIONS:
+        raise ConfigError(f"data.normalize={d['normalize']!r} is not valid; allowed: {' | '.join(datamod.NORMALIZATIONS)}")
     if d["augment"] not in datamod.AUGMENTS:
         raise ConfigError(f"data.augment={d['augment']!r} is not valid; allowed: {' | '.join(datamod.AUGMENTS)}")
     for key in ("train_size", "test_size"):
@@ -234,9 +237,10 @@ def make_run_dir(runs: Path, key: str) -> Path:
     run_dir = runs / key
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
-        probe.write_text("")
-        probe.unlink()
+        # A probe of its own: with one shared name, two launches of a sweep deleted each
+        # other's probe and one failed as "cannot be written".
+        with tempfile.NamedTemporaryFile(dir=run_dir, prefix=".write-test-"):
+            pass
     except OSError as err:
         raise ConfigError(
             f"paths.runs={str(runs)!r} cannot be written ({err.strerror}); set paths.runs to a writable folder"
@@ -346,6 +350,11 @@ def _train(cfg: DictConfig, c: dict[str, Any], experiment: dict[str, Any], ident
         trained = torch.compile(model, mode="reduce-overhead")
     mean, std = ds.channel_stats()
     d = c["data"]
+    if d.get("normalize", "meanstd") == "mean":
+        # Subtract the per-channel mean and keep the 0-255 scale, as Caffe and cuda-convnet fed
+        # their nets: DeviceLoader computes (x / 255 - mean) / std, which is x - 255 * mean
+        # for std = 1/255.
+        std = torch.full_like(std, 1 / 255)
     per_call = steps_per_call(t.get("steps_per_call", "auto"), c["batch_size"])
     train_loader = datamod.DeviceLoader(train_x, train_y, c["batch_size"], mean, std, augment=d["augment"],
                                         shuffle=True, drop_last=True, seed=c["seed"], device=device, memory_format=fmt,

@@ -262,3 +262,27 @@ def test_tampered_labels_are_refused(tmp_path):
     path.write_bytes(pickle.dumps(batch))
     with pytest.raises(DataError, match=r"data_batch_2: labels outside 0..9; the file is corrupt"):
         load_dataset("cifar10", root, allow_download=False)
+
+
+def test_the_write_probe_never_races(tmp_path):
+    # Two launches probe the same run directory at once: neither may fail falsely.
+    import threading
+
+    from normbench.train import make_run_dir
+
+    errors = []
+
+    def probe():
+        for _ in range(300):
+            try:
+                make_run_dir(tmp_path, "cifar10/convnet/bn/bs2/seed0-00000000")
+            except Exception as err:  # noqa: BLE001 - collected and asserted below
+                errors.append(err)
+
+    threads = [threading.Thread(target=probe) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert list((tmp_path / "cifar10/convnet/bn/bs2/seed0-00000000").iterdir()) == []

@@ -308,3 +308,24 @@ def test_weight_std_false_keeps_existing_run_keys(quick):
     without = json.loads(json.dumps(resolved))
     del without["model"]["weight_std"]
     assert run_key(experiment_config(resolved, "f" * 16)) == run_key(experiment_config(without, "f" * 16))
+
+
+def test_mean_only_normalization_keeps_the_pixel_scale(quick, monkeypatch):
+    from normbench import data as datamod
+
+    seen = {}
+    original = datamod.DeviceLoader.__init__
+
+    def spy(self, images, labels, batch_size, mean, std, **kw):
+        original(self, images, labels, batch_size, mean, std, **kw)
+        seen.setdefault("loader", self)
+
+    monkeypatch.setattr(datamod.DeviceLoader, "__init__", spy)
+    rec = run(quick("norm=lrn_within", "data.normalize=mean", "epochs=1", "data.train_size=64"))
+    assert rec["status"] == "ok" and rec["config"]["data"]["normalize"] == "mean"
+    x, _ = next(iter(seen["loader"]))
+    assert 20 < float(x.float().std()) < 128 and abs(float(x.float().mean())) < 30  # 0-255 scale, mean removed
+    plain = run(quick("norm=lrn_within", "epochs=1", "data.train_size=64"))
+    assert "normalize" not in plain["config"]["data"]  # the default is left out of the hash
+    with pytest.raises(ConfigError, match="data.normalize='std' is not valid; allowed: meanstd | mean"):
+        run(quick("data.normalize=std"))
