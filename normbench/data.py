@@ -11,7 +11,7 @@ Readers take the official files as they are and accept any number of rows:
 torchvision is deliberately not used: its binary wheels are tied to CUDA builds of torch,
 and these formats take a few lines each. ``DeviceLoader`` replaces ``DataLoader``: the whole
 split lives on the training device as one uint8 tensor and each batch is gathered,
-cropped and flipped there in one indexing op (airbench's recipe, REFERENCES.md §6), with
+cropped and flipped there in one indexing op (airbench's recipe), with
 no per-sample Python.
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import os
 import pickle
 import struct
@@ -109,9 +110,35 @@ class DatasetSpec:
         return self.train_files + self.test_files
 
 
+#: The only globals the official CIFAR pickles (and numpy arrays pickled by any numpy) name:
+#: numpy's array reconstruction. A pickle may name any callable, and unpickling calls it, so
+#: anything else is refused before it runs.
+_PICKLE_GLOBALS = frozenset({
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+})
+
+
+class _Refused(Exception):
+    pass
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Dicts, lists, strings, bytes, numbers and numpy arrays: what a CIFAR file holds."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _PICKLE_GLOBALS:
+            return super().find_class(module, name)
+        raise _Refused(f"{module}.{name}")
+
+
 def _unpickle(raw: bytes, where: str, key: str = "data") -> dict[str, Any]:
     try:
-        obj = pickle.loads(raw, encoding="latin1")
+        obj = _DataUnpickler(io.BytesIO(raw), encoding="latin1").load()
+    except _Refused as err:
+        raise DataError(f"{where} is not a CIFAR file: it asks to run {err} when read, which normbench refuses "
+                        f"(data files are untrusted); delete it and download it again") from None
     except Exception as err:  # truncated files raise EOFError, UnpicklingError, ValueError...
         raise DataError(f"{where} is corrupt ({type(err).__name__}: {err}); delete it and download it again") from None
     if not isinstance(obj, dict) or key not in obj:

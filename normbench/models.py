@@ -5,7 +5,7 @@ BN/LN/IN/GN go) or at the position the source paper puts LRN (``post_act``: afte
 and for Caffe's conv2/conv3 after the pool too). ``placement: auto`` picks ``post_act`` for
 LRN and ``pre_act`` for everything else. Norms come from ``normbench.norms.build_norm``.
 
-- ``convnet``: Caffe ``cifar10_full`` / cuda-convnet ``layers-18pct`` (REFERENCES.md §2):
+- ``convnet``: Caffe ``cifar10_full`` / cuda-convnet ``layers-18pct`` (docs/norms.md, "Backbones"):
   conv1 32 5x5 -> max pool 3/2 -> ReLU -> [LRN] -> conv2 32 5x5 -> ReLU -> avg pool 3/2 ->
   [LRN] -> conv3 64 5x5 -> ReLU -> avg pool 3/2 -> fc 10. Pools use Caffe's ceil rounding
   (32 -> 16 -> 8 -> 4).

@@ -222,13 +222,19 @@ def log_hparams(logger: TensorBoardLogger, params: dict[str, Any]) -> None:
 
 
 def _resume_checkpoint(path: Path) -> str | None:
+    """``path`` when it is a checkpoint that loads with ``weights_only=True`` (tensors and plain
+    containers only: a checkpoint is untrusted input, and a full unpickle would run whatever
+    it names). Anything else is moved aside as ``last.ckpt.bad-<time>``, said in one line,
+    and the run starts over."""
     if not path.is_file():
         return None
     try:
-        torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:  # noqa: BLE001 - any unreadable checkpoint means: start over
-        log.warning("%s is unreadable (%s): starting this run from scratch", path, type(err).__name__)
-        path.unlink(missing_ok=True)
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - any checkpoint that cannot be loaded safely means: start over
+        aside = path.with_name(f"{path.name}.bad-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
+        path.replace(aside)
+        log.warning("%s cannot be loaded safely (%s): moved aside to %s; starting this run from scratch", path,
+                    type(err).__name__, aside.name)
         return None
     return str(path)
 
@@ -386,7 +392,8 @@ def _train(cfg: DictConfig, c: dict[str, Any], experiment: dict[str, Any], ident
     memory = PeakMemory(device)
     t0 = time.perf_counter()
     try:
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=test_loader, ckpt_path=resume)
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=test_loader, ckpt_path=resume,
+                    weights_only=True)
         record["status"] = "ok"
     except Diverged as err:
         record.update(status="diverged", diverged_at_step=err.step, error=str(err))
