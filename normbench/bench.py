@@ -42,13 +42,12 @@ def _sync(device: torch.device) -> None:
 def plain_loop(cfg: Any, epochs: int) -> float:
     """Images/s of a minimal hand-written loop over the same data, model and schedule."""
     import lightning as L
+    from omegaconf import OmegaConf
 
     from normbench import data as datamod
     from normbench.models import build_model
     from normbench.module import lr_factor, scaled_lr
     from normbench.train import prepare_data
-
-    from omegaconf import OmegaConf
 
     c = OmegaConf.to_container(cfg, resolve=True)
     device = torch.device("cuda" if torch.cuda.is_available() and c["trainer"]["accelerator"] != "cpu" else "cpu")

@@ -37,8 +37,8 @@ from normbench import fingerprint
 from normbench.derived import derive
 from normbench.errors import ConfigError, NormbenchError
 from normbench.models import Net, build_model
-from normbench.norms import TRAITS, resolved_params
 from normbench.module import Diverged, NormbenchModule, check_optim
+from normbench.norms import TRAITS, resolved_params
 from normbench.records import (CONFIG, FINISHED, config_hash, experiment_config, norm_tag, read_record, run_key,
                                run_lock, write_record, write_text_atomic)
 

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from normbench import claims, setups
-from normbench.records import FIELDS, load_records, write_record
+from normbench.records import FIELDS, load_records
 from normbench.report import main as report_main
 from normbench.report import paper_gn_tables
 

@@ -7,7 +7,15 @@ import torch
 from torch import nn
 
 from normbench.norms.packing import concat_pack
-from normbench.norms.registry import NormLayer, NormTraits, float32_statistics, boolean, positive_int, real, register_norm
+from normbench.norms.registry import (
+    NormLayer,
+    NormTraits,
+    boolean,
+    float32_statistics,
+    positive_int,
+    real,
+    register_norm,
+)
 
 
 def _bn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:

@@ -13,6 +13,7 @@ from torch.autograd.function import once_differentiable
 
 from normbench.norms.registry import NormLayer, NormTraits, choice, fail, positive_int, real, register_norm
 
+
 def _pack_lrn(layers: list[nn.Module]) -> nn.Module:
     """K members' LRN: within a channel nothing changes; across channels the window is cut
     at each member's block (block-diagonal)."""

@@ -9,7 +9,7 @@ from torch import nn
 
 from normbench.errors import ConfigError
 from normbench.norms.packing import concat_pack
-from normbench.norms.registry import NormLayer, NormTraits, float32_statistics, boolean, divisor, real, register_norm
+from normbench.norms.registry import NormLayer, NormTraits, boolean, divisor, float32_statistics, real, register_norm
 
 
 class SwitchNorm2d(nn.Module, NormLayer):

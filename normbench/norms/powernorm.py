@@ -16,7 +16,15 @@ from torch import nn
 from torch.autograd.function import once_differentiable
 
 from normbench.norms.packing import concat_pack
-from normbench.norms.registry import NormLayer, NormTraits, float32_statistics, divisor, positive_int, real, register_norm
+from normbench.norms.registry import (
+    NormLayer,
+    NormTraits,
+    divisor,
+    float32_statistics,
+    positive_int,
+    real,
+    register_norm,
+)
 
 GROUP_SCALING_EPS = 1e-5  # GroupScaling1D's own eps in the official code
 
