@@ -41,7 +41,7 @@ def _data(n: int, seed: int, device: torch.device) -> tuple[torch.Tensor, torch.
     return torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=g), torch.randint(0, 10, (n,), generator=g)
 
 
-def _loaders(k: int, batch: int, steps: int, norm: str, device: torch.device) -> list[DeviceLoader]:
+def _loaders(k: int, batch: int, steps: int, device: torch.device) -> list[DeviceLoader]:
     x, y = _data(batch * steps, 0, device)
     mean, std = torch.full((3,), 0.45), torch.full((3,), 0.25)
     return [DeviceLoader(x, y, batch, mean, std, augment="crop_flip", shuffle=True, drop_last=True, seed=s, device=device)
@@ -69,7 +69,7 @@ def separate(k: int, batch: int, steps: int, norm: dict, device: torch.device,
              fmt: torch.memory_format = torch.contiguous_format) -> float:
     """Total images/s of K models trained one after the other."""
     models = [m.to(memory_format=fmt) for m in _models(k, norm, device)]
-    loaders = _loaders(k, batch, steps, norm, device)
+    loaders = _loaders(k, batch, steps, device)
     opts = [_sgd(m.parameters()) for m in models]
     _sync(device)
     t0 = time.perf_counter()
@@ -86,7 +86,7 @@ def separate(k: int, batch: int, steps: int, norm: dict, device: torch.device,
 def packed(k: int, batch: int, steps: int, norm: dict, device: torch.device) -> float:
     """Total images/s of the same K models packed into one."""
     model = pack_net(_models(k, norm, device)).to(device, memory_format=torch.channels_last)
-    loaders = _loaders(k, batch, steps, norm, device)
+    loaders = _loaders(k, batch, steps, device)
     opt = _sgd(model.parameters())
     _sync(device)
     t0 = time.perf_counter()

@@ -136,12 +136,6 @@ def accuracy_grid(summary: pd.DataFrame, error: bool = False, latex: bool = Fals
     return grids
 
 
-def table_varies(df: pd.DataFrame) -> dict[str, str]:
-    """Per table: the keys its setups differ in, e.g. ``norm, batch_size, optim.base_lr``."""
-    _, varying = setups.annotate(df)
-    return {table: setups.varying_summary(keys) for table, keys in varying.items()}
-
-
 def speed_frame(summary: pd.DataFrame) -> pd.DataFrame:
     s = summary[summary.n > 0]
     return pd.DataFrame({
@@ -400,12 +394,13 @@ def figure_curves(df: pd.DataFrame, out: Path) -> None:
 
 
 def write_report(runs_dir: Path, out: Path, plan: claims_mod.Plan | None = None
-                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]:
-    """Write every report file; return (runs, summary, verdicts, problems)."""
+                 ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str], dict[str, str]]:
+    """Write every report file; return (runs, summary, verdicts, problems, the keys each
+    table's setups vary in)."""
     plan = plan or claims_mod.Plan()
     df, problems = load_records(runs_dir)
     if df.empty:
-        return df, pd.DataFrame(), pd.DataFrame(), problems
+        return df, pd.DataFrame(), pd.DataFrame(), problems, {}
     df, varying = setups.annotate(df)
     varies = {table: setups.varying_summary(keys) for table, keys in varying.items()}
     out.mkdir(parents=True, exist_ok=True)
@@ -419,7 +414,7 @@ def write_report(runs_dir: Path, out: Path, plan: claims_mod.Plan | None = None
     figure_error_vs_batch(summary, out)
     figure_curves(df, out)
     figure_speed(summary, out)
-    return df, summary, verdicts, problems
+    return df, summary, verdicts, problems, varies
 
 
 def _points(text: str) -> float:
@@ -456,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     try:
-        runs_df, summary, verdicts, problems = write_report(runs, out, plan)
+        runs_df, summary, verdicts, problems, varies = write_report(runs, out, plan)
     except OSError as err:
         print(f"error: cannot write the report to {out} ({err.strerror}); pass --out <writable folder>", file=sys.stderr)
         return 2
@@ -466,7 +461,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no finished runs under {runs}", file=sys.stderr)
         return 1
     if not args.quiet:
-        varies = table_varies(runs_df)
         for table, grid in accuracy_grid(summary).items():
             out_table = Table(title=f"{table}: test accuracy % (last-5 median, mean ± std (n)); "
                                     f"setups vary in {varies.get(table, '?')}")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from normbench.norms.classic import bn_count
 from normbench.norms.packing import concat_pack
 from normbench.norms.registry import (
     NormLayer,
@@ -16,11 +17,6 @@ from normbench.norms.registry import (
     real,
     register_norm,
 )
-
-
-def _bn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
-    n, _, h, w = shape
-    return n * h * w
 
 
 def batch_renorm_train(x: torch.Tensor, mu_b: torch.Tensor, sig_b: torch.Tensor, r: torch.Tensor, d: torch.Tensor,
@@ -100,7 +96,7 @@ class BatchRenorm2d(nn.Module, NormLayer):
                 f"d_max={self.d_max:g}, relax_from={self.relax_from}, r_max_at={self.r_max_at}, d_max_at={self.d_max_at}")
 
 
-@register_norm("brn", NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=_bn_count, stateful=True,
+@register_norm("brn", NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=bn_count, stateful=True,
                                  pack=concat_pack))
 def batch_renorm(channels: int, eps: float = 1e-5, momentum: float = 0.01, r_max: float = 3.0, d_max: float = 5.0,
                  relax_from: int = 5000, r_max_at: int = 40000, d_max_at: int = 25000) -> BatchRenorm2d:
@@ -237,7 +233,7 @@ class CrossIterationBatchNorm2d(nn.Module, NormLayer):
                 f"two_stage={self.two_stage}, momentum={self.momentum:g}, eps={self.eps:g}")
 
 
-@register_norm("cbn", NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=_bn_count,
+@register_norm("cbn", NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=bn_count,
                                  stateful=True, needs_conv=True, cuda_graphs=False,
                                  pack=lambda layers: concat_pack(layers, ("channels",))))
 def cross_iteration_batch_norm(channels: int, buffer_num: int = 3, rho: float = 1.0, burnin: int = 8,

@@ -61,7 +61,9 @@ class GroupNorm(nn.GroupNorm, NormLayer):
     """``nn.GroupNorm``, marked as a norm layer (same parameters and state_dict keys)."""
 
 
-def _bn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
+def bn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
+    """Values behind one BN statistic at input shape (N, C, H, W): N H W, or b H W with ghost
+    batches of b (BN-like layers share it)."""
     n, _, h, w = shape
     b = getattr(layer, "stat_batch", None)
     return min(n, b or n) * h * w
@@ -80,7 +82,7 @@ def _pack_group(layers: list[nn.Module]) -> nn.Module:
     return concat_pack(layers, ("num_groups", "num_channels"))  # K*G groups: member blocks stay apart
 
 
-BN_TRAITS = NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=_bn_count, stateful=True,
+BN_TRAITS = NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=bn_count, stateful=True,
                        pack=_pack_bn)
 GROUP_TRAITS = NormTraits(bias_dead=lambda m: m.num_groups == m.num_channels, values_per_statistic=_gn_count,
                           pack=_pack_group)
@@ -193,7 +195,7 @@ def _cut_sabn_embed(name: str, tensor: torch.Tensor, member: int, k: int) -> tor
     return torch.cat([tensor[:, member * c:(member + 1) * c], tensor[:, (k + member) * c:(k + member + 1) * c]], dim=1)
 
 
-@register_norm("sabn", NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=_bn_count,
+@register_norm("sabn", NormTraits(bias_dead=True, batch_dependent=True, values_per_statistic=bn_count,
                                   stateful=True, pack=_pack_sabn))
 def sandwich_batch_norm(channels: int, eps: float = 1e-5, momentum: float = 0.1) -> SandwichBatchNorm2d:
     """Sandwich BN with one condition (K = 1): ``SandwichBatchNorm2d``."""
