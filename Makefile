@@ -13,7 +13,7 @@ install: $(VENV)/.installed
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install -q -c constraints.txt -e '.[test,launchers]'
+	$(BIN)/python -m pip install -q -c constraints.txt --config-settings editable_mode=compat -e '.[test,launchers]'
 	@touch $@
 
 test: install

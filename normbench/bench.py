@@ -46,8 +46,8 @@ def plain_loop(cfg: Any, epochs: int) -> float:
 
     from normbench import data as datamod
     from normbench.models import build_model
-    from normbench.module import lr_factor, scaled_lr
-    from normbench.train import prepare_data
+    from normbench.optim import build_optimizer, build_scheduler, scaled_lr
+    from normbench.splits import prepare_data
 
     c = OmegaConf.to_container(cfg, resolve=True)
     device = torch.device("cuda" if torch.cuda.is_available() and c["trainer"]["accelerator"] != "cpu" else "cpu")
@@ -58,10 +58,8 @@ def plain_loop(cfg: Any, epochs: int) -> float:
     loader = datamod.DeviceLoader(train_x, train_y, c["batch_size"], mean, std, augment=c["data"]["augment"],
                                   shuffle=True, drop_last=True, seed=c["seed"], device=device)
     o = c["optim"]
-    opt = torch.optim.SGD(model.parameters(), lr=scaled_lr(o["base_lr"], c["batch_size"], o["base_batch"], o["lr_scaling"]),
-                          momentum=o["momentum"], weight_decay=o["weight_decay"])
-    total = epochs * len(loader)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, total, 0, o["schedule"], (), 0.1))
+    opt = build_optimizer(model.parameters(), o, scaled_lr(o["base_lr"], c["batch_size"], o["base_batch"], o["lr_scaling"]))
+    sched = build_scheduler(opt, o, epochs, len(loader))
     seconds, images = 0.0, 0
     for epoch in range(epochs):
         loader.sampler.set_epoch(epoch)
@@ -157,7 +155,7 @@ def main(argv: list[str] | None = None) -> int:
 
     console = Console(width=None if sys.stdout.isatty() else 120)
     device = "cuda" if args.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
-    from normbench.train import device_name
+    from normbench.environment import device_name
 
     where = device_name(torch.device(device))
     console.print(f"normbench bench: {where}; torch {torch.__version__}; {args.epochs - 1} timed epochs of "

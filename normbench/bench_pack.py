@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from normbench.bench import write_rows
 from normbench.data import DeviceLoader
 from normbench.models import build_model
+from normbench.optim import build_optimizer
 from normbench.pack import pack_net, packed_input, packed_loss
 
 BATCHES = (2, 8, 32)
@@ -57,7 +58,7 @@ def _models(k: int, norm: dict, device: torch.device) -> list[torch.nn.Module]:
 
 
 def _sgd(params) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    return build_optimizer(params, {"momentum": 0.9, "weight_decay": 5e-4}, lr=0.01)
 
 
 def _sync(device: torch.device) -> None:

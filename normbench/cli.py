@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 USAGE = """\
-usage: normbench <command> [args]
+usage: normbench <command> [args]   (normbench --version: the installed version)
 
 commands:
   train [-m] [overrides]   train one config, or a sweep with -m (Hydra); --help lists groups and presets;
@@ -94,6 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(USAGE, end="")
         return 0
+    if argv[0] in ("--version", "-V"):
+        import normbench
+
+        print(f"normbench {normbench.__version__}")
+        return 0
     command, rest = argv[0], argv[1:]
     if command == "train":
         if "--verbose" in rest:  # full tracebacks, as Hydra's own HYDRA_FULL_ERROR=1 gives
@@ -109,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = [a for a in rest if a in ("-m", "--multirun")]
         sys.argv = ["normbench train", *flags, *[a for a in rest if a not in flags]]
         train.main()
-        return 0
+        return 2 if train.SWEEP_ERRORS else 0
     if command == "report":
         from normbench import report
 

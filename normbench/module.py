@@ -16,7 +16,6 @@ third of normbench's throughput (scripts/bench_overhead.py).
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -26,12 +25,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from normbench.errors import ConfigError
+from normbench.optim import build_optimizer, build_scheduler, check_optim, scaled_lr
 
 log = logging.getLogger("normbench")
-
-LR_SCALINGS = ("linear", "sqrt", "none")
-SCHEDULES = ("cosine", "multistep", "constant")
 
 
 class Diverged(Exception):
@@ -42,45 +38,16 @@ class Diverged(Exception):
         self.step = step
 
 
-def scaled_lr(base_lr: float, batch_size: int, base_batch: int, scaling: str) -> float:
-    """The learning rate for ``batch_size``: ``base_lr * (N / base_batch)`` for ``linear``
-    (GN paper, Sec. 4.1; Goyal et al. 2017), ``* sqrt(N / base_batch)`` for ``sqrt``."""
-    if scaling not in LR_SCALINGS:
-        raise ConfigError(f"optim.lr_scaling={scaling!r} is not valid; allowed: {' | '.join(LR_SCALINGS)}")
-    ratio = batch_size / base_batch
-    return base_lr * {"linear": ratio, "sqrt": math.sqrt(ratio), "none": 1.0}[scaling]
+def tb_metrics(row: Mapping[str, float]) -> dict[str, float]:
+    """An epoch's history row as TensorBoard scalars (the same tags for every run)."""
+    return {"train/loss": row["train_loss"], "train/acc": row["train_acc"], "test/loss": row["test_loss"],
+            "test/acc": row["test_acc"], "lr": row["lr"], "epoch_s": row["epoch_s"],
+            "hp/test_acc": row["test_acc"], "hp/test_loss": row["test_loss"]}
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str, milestones: tuple[float, ...], gamma: float) -> float:
-    """Multiplier of the peak lr at optimizer step ``step`` of ``total``: linear warmup over
-    ``warmup`` steps, then cosine to 0, steps of ``gamma`` at ``milestones`` (fractions of
-    ``total``), or constant."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "cosine":
-        return 0.5 * (1 + math.cos(math.pi * (step - warmup) / max(1, total - warmup)))
-    if schedule == "multistep":
-        return gamma ** sum(step >= m * total for m in milestones)
-    return 1.0
-
-
-def check_optim(optim: Mapping[str, Any]) -> None:
-    """Fail before training on an optimizer config that cannot run."""
-    if optim.get("name", "sgd") != "sgd":
-        raise ConfigError(f"optim.name={optim.get('name')!r} is not valid; allowed: sgd")
-    if optim["schedule"] not in SCHEDULES:
-        raise ConfigError(f"optim.schedule={optim['schedule']!r} is not valid; allowed: {' | '.join(SCHEDULES)}")
-    for key in ("base_lr", "momentum", "weight_decay", "warmup_epochs"):
-        v = optim[key]
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0 or (key == "base_lr" and v == 0):
-            raise ConfigError(f"optim.{key}={v!r} is not valid; allowed: a number {'> 0' if key == 'base_lr' else '>= 0'}")
-    if isinstance(optim["base_batch"], bool) or not isinstance(optim["base_batch"], int) or optim["base_batch"] < 1:
-        raise ConfigError(f"optim.base_batch={optim['base_batch']!r} is not valid; allowed: an integer >= 1")
-    scaled_lr(1.0, 1, 1, optim["lr_scaling"])
-
-
-class NormbenchModule(L.LightningModule):
-    """Trains ``model`` with SGD; records per-epoch train and test metrics in ``history``."""
+class SGDModule(L.LightningModule):
+    """What a run and a pack (``normbench.packed``) share: manual optimization (module
+    docstring), the batch-scaled lr, the optimizer and schedule (``normbench.optim``)."""
 
     def __init__(self, model: nn.Module, optim: Mapping[str, Any], batch_size: int, epochs: int,
                  steps_per_epoch: int, check_every_n_steps: int = 50,
@@ -94,11 +61,29 @@ class NormbenchModule(L.LightningModule):
         self.batch_size, self.epochs, self.steps_per_epoch = batch_size, epochs, steps_per_epoch
         self.check_every = max(1, int(check_every_n_steps))
         self.lr = scaled_lr(optim["base_lr"], batch_size, optim["base_batch"], optim["lr_scaling"])
-        self.history: list[dict[str, float]] = []
         self._no_bad_step = torch.iinfo(torch.int64).max
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(x)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        opt = build_optimizer(self.model.parameters(), self.optim, self.lr)
+        sched = build_scheduler(opt, self.optim, self.epochs, self.steps_per_epoch)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class NormbenchModule(SGDModule):
+    """Trains ``model`` with SGD; records per-epoch train and test metrics in ``history``."""
+
+    def __init__(self, model: nn.Module, optim: Mapping[str, Any], batch_size: int, epochs: int,
+                 steps_per_epoch: int, check_every_n_steps: int = 50,
+                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+        super().__init__(model, optim, batch_size, epochs, steps_per_epoch, check_every_n_steps, memory_format)
+        self.history: list[dict[str, float]] = []
 
     # --- training ------------------------------------------------------------------------
 
@@ -179,31 +164,10 @@ class NormbenchModule(L.LightningModule):
         if self.logger is not None:
             # Logged against the epoch, not the step: curves of runs with different batch
             # sizes (64x apart in steps) then share one x axis in TensorBoard.
-            metrics = {"train/loss": row["train_loss"], "train/acc": row["train_acc"], "test/loss": row["test_loss"],
-                       "test/acc": row["test_acc"], "lr": row["lr"], "epoch_s": row["epoch_s"],
-                       "hp/test_acc": row["test_acc"], "hp/test_loss": row["test_loss"]}
-            self.logger.log_metrics(metrics, step=row["epoch"])
+            self.logger.log_metrics(tb_metrics(row), step=row["epoch"])
         log.info("epoch %d/%d  train loss %.4f acc %.4f  test loss %.4f acc %.4f  lr %.4g  %.1f s",
                  row["epoch"], self.epochs, row["train_loss"], row["train_acc"], row["test_loss"], row["test_acc"],
                  row["lr"], row["epoch_s"])
-
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
-    # --- optimizer and schedule -----------------------------------------------------------
-
-    def configure_optimizers(self) -> dict[str, Any]:
-        o = self.optim
-        opt = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=o["momentum"],
-                              weight_decay=o["weight_decay"], nesterov=bool(o.get("nesterov", False)))
-        total = self.epochs * self.steps_per_epoch
-        warmup = round(o["warmup_epochs"] * self.steps_per_epoch)
-        milestones = tuple(o.get("milestones") or ())
-        sched = torch.optim.lr_scheduler.LambdaLR(
-            opt, lambda step: lr_factor(step, total, warmup, o["schedule"], milestones, o.get("gamma", 0.1))
-        )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     # --- resume ---------------------------------------------------------------------------
 

@@ -90,37 +90,95 @@ def pack_net(nets: Sequence[Net]) -> PackedNet:
             classifier.add_module(str(i), copy.deepcopy(first))
         else:  # dropout: its masks would come from one stream, not each member's
             raise NotPackable(f"classifier layer {type(first).__name__} does not pack exactly")
-    return PackedNet(features, classifier, k)
+    packed = PackedNet(features, classifier, k, copy.deepcopy(nets[0]).cpu())
+    names = [n for n, _ in packed.named_parameters()]
+    if names != [n for n, _ in nets[0].named_parameters()]:  # optimizer state is matched by position
+        raise NotPackable("the packed model's parameters are not in its members' order")
+    return packed
 
 
 class PackedNet(nn.Module):
-    """K members as channel blocks: input (B, K*C_in, H, W), output (B, K, classes)."""
+    """K members as channel blocks: input (B, K*C_in, H, W), output (B, K, classes).
 
-    def __init__(self, features: nn.Sequential, classifier: nn.Sequential, k: int) -> None:
+    Keeps a copy of one member's unpacked network (``template``, outside the module tree) so
+    that members' states can be packed again (``pack_states``) and a member's share of any
+    packed tensor found (``member_mask``): the layout is whatever ``pack_net`` makes it, in
+    one place."""
+
+    def __init__(self, features: nn.Sequential, classifier: nn.Sequential, k: int, template: Net) -> None:
         super().__init__()
         self.features, self.classifier, self.k = features, classifier, k
+        self._template = (template,)  # a tuple: not a submodule, so not in state_dict or parameters()
+        self._masks: dict[int, dict[str, torch.Tensor]] = {}
+
+    @property
+    def template(self) -> Net:
+        return self._template[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.classifier(self.features(x))
         return out.view(x.shape[0], self.k, -1)
 
+    def cut(self, name: str, tensor: torch.Tensor, member: int) -> torch.Tensor:
+        """Member ``member``'s part of ``tensor``, a packed tensor named ``name`` in
+        ``state_dict()`` (or of the same shape: a gradient, a momentum buffer)."""
+        module_name, _, leaf = name.rpartition(".")
+        module = self.get_submodule(module_name)
+        if isinstance(module, BlockLinear):
+            return tensor[member]
+        if hasattr(module, "_pack_cut"):  # a layout of its own (SaBN's [gammas | betas])
+            return module._pack_cut(leaf, tensor, member, self.k)
+        if tensor.dim() == 0:
+            return tensor
+        dim = getattr(module, "_pack_dims", {}).get(leaf, 0)
+        size = tensor.shape[dim] // self.k
+        return tensor.narrow(dim, member * size, size)
+
     def member_state(self, member: int) -> dict[str, torch.Tensor]:
         """Member ``member``'s weights and buffers, named as in its own unpacked ``Net``."""
-        out = {}
-        for name, tensor in self.state_dict().items():
-            module_name, _, leaf = name.rpartition(".")
-            module = self.get_submodule(module_name)
-            if isinstance(module, BlockLinear):
-                out[name] = tensor[member]
-            elif hasattr(module, "_pack_cut"):  # a layout of its own (SaBN's [gammas | betas])
-                out[name] = module._pack_cut(leaf, tensor, member, self.k)
-            elif tensor.dim() == 0:
-                out[name] = tensor
-            else:
-                dim = getattr(module, "_pack_dims", {}).get(leaf, 0)
-                size = tensor.shape[dim] // self.k
-                out[name] = tensor.narrow(dim, member * size, size)
-        return out
+        return {name: self.cut(name, tensor, member) for name, tensor in self.state_dict().items()}
+
+    def member_mask(self, member: int) -> dict[str, torch.Tensor]:
+        """For every entry of ``state_dict()``, a bool tensor of its shape that is True on
+        member ``member``'s elements (False on shared scalars such as step counters). Made by
+        packing indicator copies of the template, so it follows every layer's own layout."""
+        if member not in self._masks:
+            nets = []
+            for k in range(self.k):
+                net = copy.deepcopy(self.template)
+                with torch.no_grad():
+                    for tensor in net.state_dict().values():
+                        if tensor.dim():
+                            tensor.fill_(1 if k == member else 0)
+                nets.append(net)
+            state = pack_net(nets).state_dict()
+            self._masks[member] = {name: t.bool() if t.dim() else torch.zeros((), dtype=torch.bool)
+                                   for name, t in state.items()}
+        return self._masks[member]
+
+
+def pack_states(template: Net, states: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The packed ``state_dict`` of members whose own states are ``states`` (as saved by an
+    unpacked run, or cut by ``PackedNet.member_state``)."""
+    nets = []
+    for state in states:
+        net = copy.deepcopy(template)
+        net.load_state_dict(state)
+        nets.append(net)
+    return pack_net(nets).state_dict()
+
+
+def pack_parameter_tensors(template: Net, per_member: Sequence[Sequence[torch.Tensor]]) -> list[torch.Tensor]:
+    """Tensors shaped like each member's parameters (momentum buffers), in ``parameters()``
+    order, packed as the parameters themselves are."""
+    nets = []
+    for tensors in per_member:
+        net = copy.deepcopy(template)
+        with torch.no_grad():
+            for p, t in zip(net.parameters(), tensors, strict=True):
+                p.copy_(t)
+        nets.append(net)
+    return [p.detach() for p in pack_net(nets).parameters()]
 
 
 def packed_input(xs: Sequence[torch.Tensor]) -> torch.Tensor:

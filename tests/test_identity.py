@@ -8,14 +8,13 @@ import shutil
 from pathlib import Path
 
 import pytest
+from conftest import write_cifar10
 
 from normbench import data as datamod
-from normbench import train as train_mod
+from normbench import splits as train_mod
 from normbench.fingerprint import digest
 from normbench.records import experiment_config, run_key
 from normbench.train import run
-
-from conftest import write_cifar10
 
 
 @pytest.fixture

@@ -82,3 +82,29 @@ def test_norms_that_cannot_pack_say_why():
     drop = [build_model({"name": "alexnet", "width": 0.1}, {"name": "bn"}, (3, 32, 32), 10) for _ in range(2)]
     with pytest.raises(NotPackable, match="Dropout does not pack exactly"):
         pack_net(drop)
+
+
+@pytest.mark.parametrize("norm", PACKABLE)
+def test_a_diverged_member_cannot_reach_the_others(norm):
+    """NaN weights in member 1 (what divergence leaves) give member 0 the same finite loss and
+    gradients as before: no packed operation mixes members, not even as 0 * NaN."""
+    x = [torch.randn(4, *SHAPE, dtype=torch.float64) for _ in range(2)]
+    y = [torch.randint(0, 10, (4,)) for _ in range(2)]
+    results = []
+    for poison in (False, True):
+        packed = pack_net([member(norm, s) for s in range(2)])
+        if poison:
+            ones = packed.member_mask(1)
+            with torch.no_grad():
+                for name, t in packed.state_dict(keep_vars=True).items():
+                    if t.is_floating_point() and t.dim():
+                        t.masked_fill_(ones[name], float("nan"))
+        loss, per_member = packed_loss(packed(packed_input(x)), y)
+        loss.backward()
+        mine = packed.member_mask(0)
+        results.append((per_member[0], {n: p.grad[mine[n]] for n, p in packed.named_parameters() if p.grad is not None}))
+    (clean_loss, clean_grads), (loss0, grads0) = results
+    assert torch.isnan(packed_loss(packed(packed_input(x)), y)[1][1])  # member 1 is NaN indeed
+    assert torch.equal(loss0, clean_loss)
+    for name, g in grads0.items():
+        assert torch.isfinite(g).all() and torch.allclose(g, clean_grads[name], rtol=1e-12, atol=0), name

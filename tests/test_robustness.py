@@ -286,3 +286,29 @@ def test_the_write_probe_never_races(tmp_path):
         t.join()
     assert errors == []
     assert list((tmp_path / "cifar10/convnet/bn/bs2/seed0-00000000").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("norm.tag=../../../x", "norm.tag='../../../x' is not valid; allowed: letters, digits and . _ + = - "
+                                "(not starting with . or -), or null"),
+        ("norm.tag=a/b", "norm.tag='a/b' is not valid"),
+        ("norm.tag=..", "norm.tag='..' is not valid"),
+        ("trainer.pack=0", "trainer.pack=0 is not valid; allowed: auto, or an integer >= 1 (1: no packing)"),
+        ("trainer.pack=some", "trainer.pack='some' is not valid"),
+        ("trainer.pack_seeds=[a]", "trainer.pack_seeds=['a'] is not valid; allowed: null, or a list of integers >= 0"),
+    ],
+)
+def test_path_and_pack_keys_are_checked_before_anything_is_written(quick, tmp_path, override, message):
+    with pytest.raises(ConfigError) as err:
+        run(quick(override))
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists() and not (tmp_path.parent / "x").exists()
+
+
+def test_version_is_one_line(capsys):
+    from normbench import __version__
+    from normbench.cli import main
+
+    assert main(["--version"]) == 0 and capsys.readouterr().out == f"normbench {__version__}\n"

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from normbench import train as train_mod
+from normbench import splits as train_mod
 from normbench.errors import DataError
 from normbench.train import run
 

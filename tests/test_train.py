@@ -188,7 +188,7 @@ def test_training_error_is_recorded_as_failed(quick, monkeypatch):
 
 
 def test_lr_scaling_and_schedule():
-    from normbench.module import lr_factor, scaled_lr
+    from normbench.optim import lr_factor, scaled_lr
 
     assert scaled_lr(0.1, 2, 32, "linear") == pytest.approx(0.1 * 2 / 32)
     assert scaled_lr(0.1, 128, 32, "sqrt") == pytest.approx(0.2)

@@ -49,8 +49,13 @@ def _across_channel_sum(sq: torch.Tensor, band: torch.Tensor) -> torch.Tensor:
     # A banded (C x C) matmul sums each channel window in one BLAS call: on the 2-core CPU
     # it is as fast as n shifted adds and, unlike avg_pool3d (PyTorch's LRN), it needs no
     # nondeterministic CUDA kernel -- and we never differentiate through it, see below.
-    n, c = sq.shape[:2]
-    return torch.matmul(band, sq.reshape(n, c, -1)).view(sq.shape)
+    # A packed layer (K members' channels side by side) holds one member's band and sums
+    # each member's block apart: no product ever mixes two members, so a member that
+    # diverges (NaN) cannot leak into the others through 0 * NaN.
+    n, c, cb = *sq.shape[:2], band.shape[0]
+    if cb == c:
+        return torch.matmul(band, sq.reshape(n, c, -1)).view(sq.shape)
+    return torch.matmul(band, sq.reshape(n, c // cb, cb, -1)).view(sq.shape)
 
 
 def _within_channel_sum(sq: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
@@ -139,12 +144,11 @@ class LocalResponseNorm(nn.Module, NormLayer):
 
     def _window(self, like: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
         c, kernel = like.shape[1], self._kernel
-        if kernel is None or kernel.shape[0] != c or kernel.dtype != like.dtype or kernel.device != like.device:
+        size = c // self.blocks if self.region == "across" else c  # across: one member's band
+        if kernel is None or kernel.shape[0] != size or kernel.dtype != like.dtype or kernel.device != like.device:
             if self.region == "across":
-                idx = torch.arange(c, device=like.device)
-                member = idx // (c // self.blocks)
-                near = (idx[:, None] - idx[None, :]).abs() <= self.radius
-                kernel = (near & (member[:, None] == member[None, :])).to(like.dtype)
+                idx = torch.arange(size, device=like.device)
+                kernel = ((idx[:, None] - idx[None, :]).abs() <= self.radius).to(like.dtype)
             else:
                 w = 2 * self.radius + 1
                 kernel = torch.ones(c, 1, w, w, dtype=like.dtype, device=like.device)
