@@ -9,7 +9,7 @@ K comes from ``trainer.pack``: ``auto`` packs only where it was measured to be f
 (``docs/measurements/cpu_pack.csv``, 2-core CPU: 1.4-1.9x at batch 2, 1.1-1.3x at batch 8,
 0.6-1.0x at batch 32) and keeps a pack's step at most ``PACK_IMAGES`` images, the size of
 one batch-32 step, so a pack needs no more activation memory than a batch-32 run (its
-weights and optimizer state grow K-fold: 8 MB per member for ``convnet``); ``1`` turns
+weights and optimizer state grow K-fold: about 1.1 MB per member for ``convnet``); ``1`` turns
 packing off; ``N`` caps K at N whatever the batch size.
 """
 
