@@ -29,6 +29,7 @@ def check_config(c: dict[str, Any]) -> None:
     _int_at_least("batch_size", 1, c.get("batch_size"))
     _int_at_least("epochs", 1, c.get("epochs"))
     _int_at_least("seed", 0, c.get("seed"))
+    _int_at_least("precise_bn_images", 1, c.get("precise_bn_images", 2048))
     d = c["data"]
     datamod.dataset_spec(d["name"])
     if d.get("normalize", "meanstd") not in datamod.NORMALIZATIONS:

@@ -169,24 +169,56 @@ def decide(tests: Sequence[Test], plan: Plan) -> Verdict:
 
 
 class Study:
-    """One study's runs, with each (norm tag, batch size) arm selected once: a claim reads
-    the same arms many times, and the calibration simulation checks thousands of studies."""
+    """One study's runs, with each (norm tag, batch) arm selected once: a claim reads the
+    same arms many times, and the calibration simulation checks thousands of studies.
+
+    An arm's batch is the number of images behind its batch statistics: the record's
+    ``stat_batch`` (a ghost-batch BN computes them over sub-batches of the SGD batch), else
+    the SGD batch. A batch-blind norm (GN, none: ``stat_batch`` null) has no statistics batch;
+    asked for one, it stands at the SGD batch that the batch-dependent runs of that statistics
+    batch trained with. So in a ghost-batch study (every arm at SGD batch 32, BN's statistics
+    over 2, 4, 8 or 32 images) "GN vs BN at batch 2" compares GN at 32 with BN whose statistics
+    come from 2 images: only the statistics differ, not the SGD noise or the number of steps.
+    """
 
     def __init__(self, df: pd.DataFrame) -> None:
         self.df = df
-        self.arms = {key: g for key, g in df.groupby(["norm_tag", "batch_size"], sort=False)}
+        stat = pd.to_numeric(df.stat_batch, errors="coerce") if "stat_batch" in df else pd.Series(math.nan, df.index)
+        key = stat.where(stat.notna(), df.batch_size).astype(int)
+        self.arms = {(t, int(b)): g for (t, b), g in df.groupby([df.norm_tag, key], sort=False)}
+        self.blind = {t for t, g in stat.groupby(df.norm_tag) if g.isna().all()}
+        self.sgd = {int(b): set(df.batch_size[g.index]) for b, g in stat.dropna().groupby(stat.dropna())}
+
+    def key(self, tag: str, b: int) -> tuple[str, int] | None:
+        """The arm that stands for ``tag`` at statistics batch ``b`` (class docstring)."""
+        if (tag, b) in self.arms:
+            return (tag, b)
+        sgd = self.sgd.get(b, set())
+        if tag in self.blind and len(sgd) == 1 and (tag, next(iter(sgd))) in self.arms:
+            return (tag, next(iter(sgd)))
+        return None
 
     def batches(self, *tags: str) -> list[int]:
         """Batch sizes at which every one of ``tags`` has runs."""
-        sets = [{b for t, b in self.arms if t == tag} for tag in tags]
-        return sorted(set.intersection(*sets)) if sets else []
+        candidates = {b for _, b in self.arms} | set(self.sgd)
+        return sorted(b for b in candidates if all(self.key(t, b) for t in tags))
+
+    def ghost(self, b: int) -> bool:
+        """Whether batch-dependent runs at statistics batch ``b`` took SGD steps of another size."""
+        return any(s != b for s in self.sgd.get(b, ()))
+
+    def at(self, b: int) -> str:
+        """``batch 2``, or ``statistics batch 2 (SGD batch 32)`` in a ghost-batch study."""
+        sgd = self.sgd.get(b, set())
+        return f"statistics batch {b} (SGD batch {', '.join(map(str, sorted(sgd)))})" if self.ghost(b) else f"batch {b}"
 
 
 def _runs(study: Study, tag: str, batch_size: int) -> tuple[pd.DataFrame, str]:
-    sel = study.arms.get((tag, batch_size))
-    label = f"{tag}@{batch_size}"
-    if sel is None:
+    key = study.key(tag, batch_size)
+    label = f"{tag}@{batch_size}" if key == (tag, batch_size) or key is None else f"{tag}@{key[1]}"
+    if key is None:
         raise Missing(f"no runs of {tag} at batch {batch_size}")
+    sel = study.arms[key]
     if sel.setup_id.nunique() > 1:
         raise Missing(f"{label} has {sel.setup_id.nunique()} different setups in this study "
                       f"({', '.join(sorted(set(sel.row_label)))}): give them distinct norm.tag values")
@@ -228,13 +260,16 @@ def gate_metric(study: Study, plan: Plan) -> str:
 
 
 def gate_training_length(study: Study, batches: Sequence[int], plan: Plan) -> str:
-    steps = {b: float(pd.concat([g for (_, gb), g in study.arms.items() if gb == b]).steps.median()) for b in batches}
+    steps = {b: float(pd.concat([g for (_, gb), g in study.arms.items() if gb == b]).steps.median())
+             for b in batches}
     known = {b: s for b, s in steps.items() if not math.isnan(s) and s > 0}
     if len(known) < len(batches):
         return "failed training length: the records do not say how many SGD steps were taken"
     lo, hi = min(known, key=known.get), max(known, key=known.get)
     ratio = known[hi] / known[lo]
     said = f"batch {lo} took {known[lo]:,.0f} SGD steps, batch {hi} took {known[hi]:,.0f} ({ratio:.1f}x)"
+    if len(set(known.values())) == 1:
+        said = f"every compared batch ({', '.join(map(str, batches))}) took {known[lo]:,.0f} SGD steps (1.0x)"
     if ratio <= plan.steps_ratio:
         return f"passed training length: {said}, within {plan.steps_ratio:g}x"
     for baseline in ("none", "gn"):
@@ -292,7 +327,7 @@ def _batch_claim_gates(study: Study, small: list[int], plan: Plan) -> list[str]:
 def gn_beats_bn_small_batch(study: Study, plan: Plan) -> Verdict:
     small = _small_and_reference(study)
     gates = _batch_claim_gates(study, small, plan)
-    v = decide([Test(f"gn - bn at batch {b}", _diff(study, ("gn", b), ("bn", b))) for b in small], plan)
+    v = decide([Test(f"gn - bn at {study.at(b)}", _diff(study, ("gn", b), ("bn", b))) for b in small], plan)
     v.gates = gates
     return v
 
@@ -302,13 +337,22 @@ def bn_degrades_gn_flat(study: Study, plan: Plan) -> Verdict:
     small = _small_and_reference(study)
     gates = _batch_claim_gates(study, small, plan)
     ref = REFERENCE_BATCH
-    tests = []
+    tests, same = [], []
     for b in small:
         tests.append(Test(f"bn@{ref} - bn@{b}", _diff(study, ("bn", ref), ("bn", b))))
+        if study.key("gn", b) == study.key("gn", ref):
+            same.append(b)  # a ghost-batch study: GN at statistics batch b *is* GN at the SGD batch
+            continue
         tests.append(Test(f"gn@{b} - gn@{ref}", _diff(study, ("gn", b), ("gn", ref)), "equivalent", plan.margin))
     v = decide(tests, plan)
     v.gates = gates
+    if same:
+        v.numbers.append(f"GN is flat by design here: at {', '.join(study.at(b) for b in same)} it is the same runs as "
+                         f"at {ref} (GN never sees the batch, and the SGD batch does not change), so only BN's part "
+                         f"of the claim is tested")
     lo = min(small)
+    if lo in same:
+        return v
     cells = [("bn", ref, 1.0), ("bn", lo, -1.0), ("gn", ref, -1.0), ("gn", lo, 1.0)]
     gap = Contrast(tuple(Cell(f"{t}@{b}", _values(study, t, b)[0], w) for t, b, w in cells))
     try:
@@ -338,7 +382,7 @@ def _lrn_against(study: Study, plan: Plan, other: str, lrn_first: bool) -> Verdi
     for tag in LRN_TAGS:
         for b in study.batches(tag, other):
             pair = ((tag, b), (other, b)) if lrn_first else ((other, b), (tag, b))
-            contrasts.append((f"{pair[0][0]} - {pair[1][0]} at batch {b}", _diff(study, *pair)))
+            contrasts.append((f"{pair[0][0]} - {pair[1][0]} at {study.at(b)}", _diff(study, *pair)))
     if not contrasts:
         raise Missing(f"no batch size has both an LRN run ({' or '.join(LRN_TAGS)}) and a {other} run")
     gates = [gate_metric(study, plan)]
@@ -365,10 +409,10 @@ def norm_reaches_target_sooner(study: Study, plan: Plan) -> Verdict:
         runs = {}
         for tag in ("none", "bn"):
             _values(study, tag, b)  # same guards: present, one setup, finished, >= 2 seeds
-            sel = study.arms[(tag, b)]
+            sel = study.arms[study.key(tag, b)]  # type: ignore[index]
             # A run that never reached the target counts as epochs + 1 (censored, in its favour).
             runs[tag] = sel.epochs_to_target.astype(float).fillna(sel.epochs + 1).to_numpy(float)
-        tests.append(Test(f"none - bn epochs to target at batch {b}",
+        tests.append(Test(f"none - bn epochs to target at {study.at(b)}",
                           Contrast.diff(f"none@{b}", runs["none"], f"bn@{b}", runs["bn"]), scale=1.0, unit=" epochs"))
     v = decide(tests, plan)
     targets = ", ".join(f"{t:.0%}" for t in pd.to_numeric(study.df.target_acc, errors="coerce").dropna().unique())
@@ -382,8 +426,8 @@ BATCH_FREE = ("gn", "frn", "evonorm_s0")
 def batch_free_beat_bn_small_batch(study: Study, plan: Plan) -> Verdict:
     """Each batch-independent norm present beats BN at each batch size <= 4 (same batch: the
     same SGD steps, so no training-length gate)."""
-    tests = [Test(f"{tag} - bn at batch {b}", _diff(study, (tag, b), ("bn", b)))
-             for b in study.batches("bn") if b <= SMALL_BATCH for tag in BATCH_FREE if (tag, b) in study.arms]
+    tests = [Test(f"{tag} - bn at {study.at(b)}", _diff(study, (tag, b), ("bn", b)))
+             for b in study.batches("bn") if b <= SMALL_BATCH for tag in BATCH_FREE if study.key(tag, b)]
     if not tests:
         raise Missing(f"needs bn and at least one of {', '.join(BATCH_FREE)} at a batch size <= {SMALL_BATCH}")
     gates = [gate_metric(study, plan)]
@@ -463,14 +507,14 @@ CLAIMS: list[Claim] = [
 
 #: The columns the claims read: selecting rows of only these keeps a check fast (a record
 #: has ~60 columns, the history among them), which the calibration simulation relies on.
-COLUMNS = ["norm_tag", "batch_size", "status", "setup_id", "row_label", "run_key", METRIC, "steps", "epochs",
+COLUMNS = ["norm_tag", "batch_size", "stat_batch", "status", "setup_id", "row_label", "run_key", METRIC, "steps", "epochs",
            "target_acc", "epochs_to_target"]
 
 
 def check(claim: Claim, runs: pd.DataFrame, plan: Plan) -> Verdict:
     """One claim over one study's runs (``normbench.setups.annotate`` columns needed)."""
     try:
-        return claim.check(Study(runs[COLUMNS]), plan)
+        return claim.check(Study(runs.reindex(columns=COLUMNS)), plan)
     except Missing as why:
         return Verdict("inconclusive", str(why))
     except OutOfScope as gate:

@@ -42,7 +42,7 @@ FIELDS = (
     "batch_size", "lr", "base_lr", "epochs", "seed", "augment", "target_acc", "params",
     "history", "total_s", "peak_mem_mb", "peak_mem_kind",
     "device", "accelerator", "precision", "torch", "lightning", "normbench", "git_rev", "started_at", "finished_at",
-    "error", "diverged_at_step", "packed_with",
+    "error", "diverged_at_step", "packed_with", "stat_batch", "bn_eval",
 )
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_s", "train_s",
                   "train_images")
@@ -57,6 +57,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "placement": (str,), "batch_size": (int,), "lr": _NUMBER, "base_lr": _NUMBER, "epochs": (int,), "seed": (int,),
     "augment": (str,), "target_acc": _NUMBER, "params": (int,), "history": (list,), "total_s": _NUMBER,
     "peak_mem_mb": _NUMBER, "peak_mem_kind": (str,), "diverged_at_step": (int,), "packed_with": (list,),
+    "stat_batch": (int,), "bn_eval": (dict,),
 }
 #: Fields a record of any schema must have for the report to place it.
 REQUIRED = ("run_key", "status", "dataset", "model", "norm_tag", "batch_size", "epochs", "seed", "history")

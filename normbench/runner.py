@@ -31,6 +31,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from omegaconf import DictConfig, OmegaConf
 
 import normbench
+from normbench import bn_eval
 from normbench import data as datamod
 from normbench.checkpoints import AtomicCheckpointIO, PackCheckpointIO, load_trusted_shape
 from normbench.checks import check_batch_fits, check_config, steps_per_call
@@ -290,6 +291,31 @@ def _test_loader(c: dict[str, Any], splits: tuple, device: torch.device,
                                 memory_format=fmt)
 
 
+def _bn_eval(c: dict[str, Any], model: torch.nn.Module, splits: tuple, seed: int,
+             device: torch.device, fmt: torch.memory_format) -> dict[str, Any] | None:
+    """The final weights evaluated with PreciseBN and with batch statistics (``normbench.bn_eval``),
+    for a network with batch-dependent norms; None for one without."""
+    b = bn_eval.stat_batch(model, c["batch_size"])
+    if b is None:
+        return None
+    test = _test_loader(c, splits, device, fmt)
+    xs, ys = zip(*test)
+    images, labels = torch.cat(xs), torch.cat(ys)
+    out: dict[str, Any] = {"stat_batch": b, "batch_acc": bn_eval.batch_stat_accuracy(model, images, labels, b),
+                           "precise_acc": None, "precise_images": None}
+    if bn_eval.precise_bn_supported(model):
+        ds, train_x, train_y, _, _ = splits
+        mean, std = _input_stats(c, ds)
+        # The run's own augmentation and batch; a seed of its own, so the images differ from
+        # no run's first epoch in any systematic way.
+        train = datamod.DeviceLoader(train_x, train_y, c["batch_size"], mean, std, augment=c["data"]["augment"],
+                                     shuffle=True, drop_last=True, seed=seed + 1, device=device, memory_format=fmt)
+        net, seen = bn_eval.precise_bn(model, (x for x, _ in train), int(c.get("precise_bn_images", 2048)))
+        out.update(precise_acc=bn_eval.accuracy(net, images, labels, c["data"]["eval_batch_size"]),
+                   precise_images=seen)
+    return out
+
+
 def _start(m: Member) -> TensorBoardLogger:
     """Write the run's config and open its TensorBoard folder."""
     assert m.run_dir is not None
@@ -309,7 +335,7 @@ def _record(m: Member, identity: DataIdentity, trainer: L.Trainer, lr: float) ->
         "norm": m.experiment["norm"]["name"], "norm_tag": norm_tag(m.experiment["norm"]),
         "norm_params": resolved_params(m.experiment["norm"]),
         "norm_sites": placed, "placement": m.model.placement if placed else None,
-        "batch_size": c["batch_size"], "lr": lr, "base_lr": c["optim"]["base_lr"], "epochs": c["epochs"],
+        "batch_size": c["batch_size"], "stat_batch": bn_eval.stat_batch(m.model, c["batch_size"]), "lr": lr, "base_lr": c["optim"]["base_lr"], "epochs": c["epochs"],
         "seed": c["seed"], "augment": d["augment"], "target_acc": c.get("target_acc"),
         "params": sum(p.numel() for p in m.model.parameters()),
         "device": device_name(device), "accelerator": device.type, "precision": str(trainer.precision),
@@ -369,6 +395,8 @@ def _train(m: Member, identity: DataIdentity, splits: tuple) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - any training error is recorded; the sweep goes on
         outcome = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
         log.exception("%s failed", m.key)
+    if outcome["status"] == "ok":
+        outcome["bn_eval"] = _bn_eval(c, m.model, splits, c["seed"], device, fmt)
     return _finish(m, module.history, t0, memory, **outcome)
 
 
@@ -425,5 +453,10 @@ def _train_pack(members: list[Member], identity: DataIdentity, splits: tuple) ->
         logger.finalize("success")
     for i, m in enumerate(members):
         if i not in finished:
-            finished[i] = _finish(m, module.histories[i], t0, memory, **outcome)
+            extra: dict[str, Any] = {}
+            if outcome["status"] == "ok":
+                net = copy.deepcopy(packed.template).to(device)
+                net.load_state_dict(packed.member_state(i))
+                extra["bn_eval"] = _bn_eval(m.c, net.to(memory_format=fmt), splits, m.seed, device, fmt)
+            finished[i] = _finish(m, module.histories[i], t0, memory, **outcome, **extra)
     return [finished[i] for i in range(k)]
