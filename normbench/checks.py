@@ -3,16 +3,20 @@ before anything is read or created. Each message names the key, the value and wh
 
 from __future__ import annotations
 
+import logging
 import re
 from typing import Any
 
 import torch
 
 from normbench import data as datamod
-from normbench import fingerprint
+from normbench import fingerprint, schema
+from normbench.budget import budget_steps
 from normbench.errors import ConfigError
 from normbench.norms import TRAITS
 from normbench.optim import check_optim
+
+log = logging.getLogger("normbench")
 
 #: What a norm tag (a folder name in every run's path) may be.
 TAG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+=-]*")
@@ -25,18 +29,31 @@ def _int_at_least(key: str, low: int, value: Any) -> int:
 
 
 def check_config(c: dict[str, Any]) -> None:
-    """Checks that need no data or model: fail in one line before anything is loaded."""
+    """Checks that need no data or model: fail in one line before anything is loaded. Every
+    key's type and range first (``normbench.schema``), then what depends on several keys."""
+    schema.validate(c)
+    o = c["optim"]
+    if o["nesterov"] and o["momentum"] == 0:
+        raise ConfigError("optim.nesterov=true is not valid with optim.momentum=0; allowed: optim.nesterov=false, "
+                          "or a momentum > 0 (Nesterov momentum needs a momentum)")
+    if c["trainer"]["accelerator"] in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"trainer.accelerator={c['trainer']['accelerator']} is not valid on this machine (no CUDA "
+                          f"GPU found); allowed: auto or cpu")
+    sites = c["norm"].get("sites")
+    if isinstance(sites, list) and not sites and c["norm"].get("name") != "none":
+        log.info("norm.sites=[] places no norm layer: this run is norm=none (tag none), whatever norm.name says")
     _int_at_least("batch_size", 1, c.get("batch_size"))
     _int_at_least("epochs", 1, c.get("epochs"))
     _int_at_least("seed", 0, c.get("seed"))
     _int_at_least("precise_bn_images", 1, c.get("precise_bn_images", 2048))
+    budget_steps(c)
     d = c["data"]
     datamod.dataset_spec(d["name"])
     if d.get("normalize", "meanstd") not in datamod.NORMALIZATIONS:
         raise ConfigError(f"data.normalize={d['normalize']!r} is not valid; allowed: {' | '.join(datamod.NORMALIZATIONS)}")
     if d["augment"] not in datamod.AUGMENTS:
         raise ConfigError(f"data.augment={d['augment']!r} is not valid; allowed: {' | '.join(datamod.AUGMENTS)}")
-    for key in ("train_size", "test_size"):
+    for key in ("train_size", "test_size", "val_size"):
         if d.get(key) is not None:
             _int_at_least(f"data.{key}", 1, d[key])
     _int_at_least("data.eval_batch_size", 1, d.get("eval_batch_size"))
@@ -94,9 +111,14 @@ def pack_setting(configured: Any) -> int | str:
 
 
 def check_batch_fits(c: dict[str, Any], identity: fingerprint.DataIdentity) -> None:
-    if c["batch_size"] > identity.train_images:
+    val = c["data"].get("val_size") or 0
+    if val >= identity.train_images:
+        raise ConfigError(f"data.val_size={val} is not valid with {identity.train_images} training images; allowed: "
+                          f"fewer than the training images (some must remain to train on)")
+    train = identity.train_images - val
+    if c["batch_size"] > train:
         raise ConfigError(
-            f"batch_size={c['batch_size']} is larger than the training split ({identity.train_images} images "
+            f"batch_size={c['batch_size']} is larger than the training split ({train} images "
             f"of data.name={c['data']['name']} under data.root={c['data']['root']}); use a smaller batch_size "
             f"or a larger data.train_size"
         )

@@ -389,6 +389,10 @@ def select(ds: Dataset, train_size: int | None, test_size: int | None,
     """The images and labels a run uses: each split whole, or the seeded class-balanced
     subset of ``train_size`` / ``test_size`` (``balanced_subset``) when that is smaller."""
     train_x, train_y, test_x, test_y = ds.train_x, ds.train_y, ds.test_x, ds.test_y
+    for key, size, have in (("train_size", train_size, len(train_y)), ("test_size", test_size, len(test_y))):
+        if size and size > have:
+            raise ConfigError(f"data.{key}={size} is larger than the split ({have} images); allowed: at most {have}, "
+                              f"or null for all of them")
     if train_size and train_size < len(train_y):
         idx = balanced_subset(train_y, train_size, ds.num_classes, subset_seed)
         train_x, train_y = train_x[idx], train_y[idx]
@@ -396,6 +400,21 @@ def select(ds: Dataset, train_size: int | None, test_size: int | None,
         idx = balanced_subset(test_y, test_size, ds.num_classes, subset_seed)
         test_x, test_y = test_x[idx], test_y[idx]
     return train_x, train_y, test_x, test_y
+
+
+def split_validation(train_x: torch.Tensor, train_y: torch.Tensor, val_size: int, num_classes: int,
+                     subset_seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(train x, train y, val x, val y): a seeded class-balanced ``val_size`` of the training
+    images held out (``balanced_subset``, its own seed stream: ``subset_seed`` + 1), the rest
+    kept for training in their order. ``data.val_size``: curves and epochs to target read it,
+    so the test split chooses nothing."""
+    if val_size >= len(train_y):
+        raise ConfigError(f"data.val_size={val_size} is not valid with {len(train_y)} training images; allowed: "
+                          f"fewer than the training images (some must remain to train on)")
+    held = balanced_subset(train_y, val_size, num_classes, subset_seed + 1)
+    keep = torch.ones(len(train_y), dtype=torch.bool)
+    keep[held] = False
+    return train_x[keep], train_y[keep], train_x[held], train_y[held]
 
 
 # --- the device-resident loader --------------------------------------------------------------
@@ -411,8 +430,10 @@ class EpochSampler:
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def generator(self, device: torch.device) -> torch.Generator:
-        return torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + self.epoch)
+    def generator(self, device: torch.device, epoch: int | None = None) -> torch.Generator:
+        """The generator of pass ``epoch`` (default: the current epoch)."""
+        return torch.Generator(device=device).manual_seed(self.seed * 1_000_003 + (self.epoch if epoch is None
+                                                                                    else epoch))
 
     def __len__(self) -> int:
         return self.size
@@ -433,7 +454,8 @@ class DeviceLoader:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, mean: torch.Tensor,
                  std: torch.Tensor, *, augment: str = "none", shuffle: bool = False, drop_last: bool = False,
                  seed: int = 0, device: torch.device | str = "cpu",
-                 memory_format: torch.memory_format = torch.contiguous_format, batches_per_item: int = 1) -> None:
+                 memory_format: torch.memory_format = torch.contiguous_format, batches_per_item: int = 1,
+                 period: int | None = None) -> None:
         if augment not in AUGMENTS:
             raise ConfigError(f"data.augment={augment!r} is not valid; allowed: {' | '.join(AUGMENTS)}")
         self.device = torch.device(device)
@@ -441,6 +463,9 @@ class DeviceLoader:
         if batches_per_item < 1 or (batches_per_item > 1 and not drop_last):
             raise ValueError("batches_per_item > 1 needs drop_last=True (every stacked batch full)")
         self.batches_per_item = batches_per_item
+        if period is not None and (period < 1 or not drop_last or not shuffle):
+            raise ValueError("period needs period >= 1, shuffle=True and drop_last=True")
+        self.period = period
         self.memory_format = memory_format
         self.pad = CROP_PAD if augment == "crop_flip" else 0
         x = images.to(self.device)
@@ -453,16 +478,23 @@ class DeviceLoader:
         self.batch_sampler = None  # Lightning probes DataLoader's attributes; batching is ours
 
     @property
-    def num_batches(self) -> int:
+    def batches_per_pass(self) -> int:
+        """Batches in one pass over the split (one data epoch)."""
         n = len(self.sampler)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    @property
+    def num_batches(self) -> int:
+        """Batches per iteration (per Lightning epoch): a pass, or ``period`` batches."""
+        return self.period if self.period is not None else self.batches_per_pass
 
     def __len__(self) -> int:
         return -(-self.num_batches // self.batches_per_item)
 
-    def _epoch_plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    def _epoch_plan(self, epoch: int | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         n, dev = len(self.sampler), self.device
-        g = self.sampler.generator(dev)
+        g = self.sampler.generator(dev, epoch)
         order = torch.randperm(n, generator=g, device=dev) if self.sampler.shuffle else torch.arange(n, device=dev)
         if self.augment == "none":
             return order, None, None, None
@@ -473,8 +505,25 @@ class DeviceLoader:
         dx = torch.randint(0, 2 * self.pad + 1, (n,), generator=g, device=dev)
         return order, flip, dy, dx
 
+    def _plan(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """This iteration's order, flips and crop offsets. With ``period = P`` (a step budget,
+        ``normbench.budget``) iteration e is batches e*P .. (e+1)*P - 1 of the endless run of
+        passes, each pass its own seeded permutation (as an epoch without a period), its last
+        incomplete batch dropped: so a run sees each image once a pass, whatever P is, and
+        iteration e is the same after a resume."""
+        if self.period is None:
+            return self._epoch_plan()
+        per_pass, b = self.batches_per_pass, self.batch_size
+        first, last = self.sampler.epoch * self.period, (self.sampler.epoch + 1) * self.period  # batch indices
+        parts = []
+        for p in range(first // per_pass, (last - 1) // per_pass + 1):
+            lo, hi = max(first, p * per_pass) - p * per_pass, min(last, (p + 1) * per_pass) - p * per_pass
+            parts.append([None if t is None else t[lo * b:hi * b] for t in self._epoch_plan(p)])
+        return tuple(None if parts[0][i] is None else torch.cat([q[i] for q in parts])  # type: ignore[return-value]
+                     for i in range(4))
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order, flip, dy, dx = self._epoch_plan()
+        order, flip, dy, dx = self._plan()
         rows = torch.arange(self.height, device=self.device)
         cols = torch.arange(self.width, device=self.device)
         channels = torch.arange(self.images.shape[1], device=self.device).view(1, -1, 1, 1)

@@ -13,6 +13,8 @@ LRN and ``pre_act`` for everything else. Norms come from ``normbench.norms.build
   (5x5, 5x5, 3x3, 3x3, 3x3, stride 1), LRN after the ReLUs of conv1 and conv2, max pools 3/2
   after conv1, conv2 and conv5, then fc-fc-fc with dropout; widths are AlexNet's
   (96, 256, 384, 384, 256, fc 4096) times ``width``.
+- ``resnet20``: He et al. 2016's CIFAR ResNet-20 (``resnet20``): a norm after every conv,
+  option A (parameter-free) or B (projection) shortcuts.
 """
 
 from __future__ import annotations
@@ -119,7 +121,7 @@ class Net(nn.Module):
         return {m.norm_site: m for m in self.modules() if isinstance(m, NormLayer)}
 
 
-def _conv(plan: NormPlan, site: str, cin: int, cout: int, k: int, weight_std: bool = False
+def _conv(plan: NormPlan, site: str, cin: int, cout: int, k: int, weight_std: bool = False, stride: int = 1
           ) -> list[tuple[str, nn.Module]]:
     """The conv of ``site`` and the norm right after it (an identity when the norm goes
     elsewhere). The norm's traits decide the conv's bias (left out where the norm makes it
@@ -127,7 +129,7 @@ def _conv(plan: NormPlan, site: str, cin: int, cout: int, k: int, weight_std: bo
     norm = plan.layer(site, "pre_act", cout)
     norm_traits = traits(norm)
     conv_cls = WSConv2d if weight_std and plan.has_norm(site) else nn.Conv2d
-    conv = conv_cls(cin, cout, k, padding=k // 2, bias=not norm_traits.flag("bias_dead", norm))
+    conv = conv_cls(cin, cout, k, stride=stride, padding=k // 2, bias=not norm_traits.flag("bias_dead", norm))
     if norm_traits.needs_conv:
         norm.attach_conv(conv)
     return [(site, conv), (f"{site}_pre_act", norm)]
@@ -144,26 +146,41 @@ def _post(plan: NormPlan, site: str, channels: int) -> tuple[str, nn.Module]:
     return (f"{site}_post_act", plan.layer(site, "post_act", channels))
 
 
-def _site_shapes(features: nn.Sequential, input_shape: tuple[int, int, int], model: str) -> tuple[dict[str, tuple[int, ...]], int]:
+def _site_shapes(features: nn.Module, input_shape: tuple[int, int, int], model: str) -> tuple[dict[str, tuple[int, ...]], int]:
     """The input shape of every norm position, and the flattened output size, for one
     image: a pass with the norms left out (they never change shapes), so that a norm that
-    cannot run on its map is reported by ``check_statistics``, not by a PyTorch error."""
+    cannot run on its map is reported by ``check_statistics``, not by a PyTorch error. Works
+    for any topology (residual blocks included): each norm is an identity for the pass."""
     shapes: dict[str, tuple[int, ...]] = {}
-    x = torch.zeros(1, *input_shape)
+    norms = [m for m in features.modules() if isinstance(m, NormLayer)]
+    modes = {m: m.training for m in features.modules()}
+
+    def skip(m: nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> torch.Tensor:
+        shapes[m.norm_site] = tuple(args[0].shape)
+        return args[0]
+
+    def identity(x: torch.Tensor) -> torch.Tensor:
+        return x
+
+    saved = [(m, m.forward) for m in norms]
+    for m in norms:
+        m.forward = identity  # an instance attribute: the class's forward is untouched
+    hooks = [m.register_forward_hook(skip) for m in norms]
     try:
         with torch.no_grad():
-            for m in features.children():
-                if isinstance(m, NormLayer):
-                    shapes[m.norm_site] = tuple(x.shape)
-                else:
-                    was_training = m.training
-                    x = m.eval()(x)
-                    m.train(was_training)
+            x = features.eval()(torch.zeros(1, *input_shape))
     except RuntimeError as err:
         raise ConfigError(
             f"model '{model}' cannot take {input_shape[1]}x{input_shape[2]} inputs "
             f"(the maps shrink to nothing: {str(err).splitlines()[0]}); use a larger input"
         ) from None
+    finally:
+        for h in hooks:
+            h.remove()
+        for m, _ in saved:
+            del m.forward
+        for m, mode in modes.items():
+            m.training = mode
     return shapes, x[0].numel()
 
 
@@ -203,6 +220,8 @@ ALEXNET_SITES = ("conv1", "conv2", "conv3", "conv4", "conv5")
 def alexnet(plan: NormPlan, input_shape: tuple[int, int, int], num_classes: int, width: float = 0.5,
             dropout: float = 0.5, weight_std: bool = False) -> Net:
     """AlexNet's layer pattern (Krizhevsky et al. 2012, Sec. 3.5) scaled to 32x32 inputs."""
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise ConfigError(f"model.dropout={dropout!r} is not valid; allowed: a number in [0, 1)")
     c = [max(1, round(ch * width)) for ch in (96, 256, 384, 384, 256)]
     hidden = max(1, round(4096 * width / 4))  # 4096-wide fc layers would dwarf the convs at 32x32
     layers: list[tuple[str, nn.Module]] = []
@@ -223,9 +242,89 @@ def alexnet(plan: NormPlan, input_shape: tuple[int, int, int], num_classes: int,
     return Net(features, classifier, ALEXNET_SITES)
 
 
+class ShortcutA(nn.Module):
+    """He et al. 2016's option A shortcut: the identity where shapes agree; across a stage
+    boundary, every second pixel and the new channels zero (half on each side), no parameter."""
+
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.stride, self.pad = stride, cout - cin
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.stride > 1:
+            x = x[:, :, ::self.stride, ::self.stride]
+        if self.pad:
+            x = nn.functional.pad(x, (0, 0, 0, 0, self.pad // 2, self.pad - self.pad // 2))
+        return x
+
+
+class BasicBlock(nn.Module):
+    """conv3x3 -> norm -> ReLU -> conv3x3 -> norm, plus the shortcut, then ReLU (He et al. 2016,
+    Fig. 2 left); a norm that is its own activation (FRN + TLU, EvoNorm) takes the ReLUs' places."""
+
+    def __init__(self, plan: NormPlan, site: str, cin: int, cout: int, stride: int, shortcut: str,
+                 weight_std: bool) -> None:
+        super().__init__()
+        conv1 = _conv(plan, f"{site}c1", cin, cout, 3, weight_std, stride)
+        conv2 = _conv(plan, f"{site}c2", cout, cout, 3, weight_std)
+        self.body = nn.Sequential(OrderedDict([*conv1, _act(conv1[1][1], "relu1"), _post(plan, f"{site}c1", cout),
+                                               *conv2]))
+        if shortcut == "B" and (stride > 1 or cin != cout):
+            self.shortcut: nn.Module = nn.Sequential(OrderedDict(_conv(plan, f"{site}sc", cin, cout, 1, weight_std,
+                                                                       stride)))
+        else:
+            self.shortcut = ShortcutA(cin, cout, stride)
+        self.relu = _act(conv2[1][1], "relu2")[1]
+        self.post = _post(plan, f"{site}c2", cout)[1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.post(self.relu(self.body(x) + self.shortcut(x)))
+
+
+SHORTCUTS = ("A", "B")
+
+
+def resnet20_sites(shortcut: str = "A") -> tuple[str, ...]:
+    """``stem``, then ``s<stage>b<block>c<1|2>`` (and ``s<stage>b1sc``, option B's projections)."""
+    sites = ["stem"]
+    for s in (1, 2, 3):
+        for b in (1, 2, 3):
+            sites += [f"s{s}b{b}c1", f"s{s}b{b}c2"] + ([f"s{s}b{b}sc"] if shortcut == "B" and s > 1 and b == 1 else [])
+    return tuple(sites)
+
+
+def resnet20(plan: NormPlan, input_shape: tuple[int, int, int], num_classes: int, width: float = 1.0,
+             shortcut: str = "A", weight_std: bool = False) -> Net:
+    """ResNet-20 for CIFAR (He et al. 2016, Sec. 4.2): a 3x3 conv of 16, then 3 stages of 3
+    basic blocks with 16, 32, 64 channels (stride 2 entering stages 2 and 3), global average
+    pooling, fc. 0.27M parameters with BN and option A shortcuts (the paper's CIFAR choice,
+    no projection); option B projects with a 1x1 conv and a norm where the shape changes.
+    Convs and the fc start from He initialization (kaiming normal), as in the paper."""
+    if shortcut not in SHORTCUTS:
+        raise ConfigError(f"model.shortcut={shortcut!r} is not valid; allowed: {' | '.join(SHORTCUTS)}")
+    widths = [max(1, round(c * width)) for c in (16, 32, 64)]
+    stem = _conv(plan, "stem", input_shape[0], widths[0], 3, weight_std)
+    layers: list[tuple[str, nn.Module]] = [*stem, _act(stem[1][1], "relu"), _post(plan, "stem", widths[0])]
+    cin = widths[0]
+    for s, cout in enumerate(widths, start=1):
+        for b in (1, 2, 3):
+            stride = 2 if s > 1 and b == 1 else 1
+            layers.append((f"s{s}b{b}", BasicBlock(plan, f"s{s}b{b}", cin, cout, stride, shortcut, weight_std)))
+            cin = cout
+    layers += [("pool", nn.AdaptiveAvgPool2d(1))]
+    features = nn.Sequential(OrderedDict(layers))
+    _, flat = _site_shapes(features, input_shape, "resnet20")
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(flat, num_classes))
+    for m in [*features.modules(), *classifier.modules()]:
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            nn.init.kaiming_normal_(m.weight)
+    return Net(features, classifier, resnet20_sites(shortcut))
+
+
 MODELS: dict[str, tuple[Callable[..., Net], tuple[str, ...]]] = {
     "convnet": (convnet, CONVNET_SITES),
     "alexnet": (alexnet, ALEXNET_SITES),
+    "resnet20": (resnet20, resnet20_sites("B")),
 }
 
 

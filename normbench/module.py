@@ -39,10 +39,14 @@ class Diverged(Exception):
 
 
 def tb_metrics(row: Mapping[str, float]) -> dict[str, float]:
-    """An epoch's history row as TensorBoard scalars (the same tags for every run)."""
-    return {"train/loss": row["train_loss"], "train/acc": row["train_acc"], "test/loss": row["test_loss"],
-            "test/acc": row["test_acc"], "lr": row["lr"], "epoch_s": row["epoch_s"],
-            "hp/test_acc": row["test_acc"], "hp/test_loss": row["test_loss"]}
+    """An epoch's history row as TensorBoard scalars (the same tags for every run; val/* only
+    with a validation split)."""
+    out = {"train/loss": row["train_loss"], "train/acc": row["train_acc"], "test/loss": row["test_loss"],
+           "test/acc": row["test_acc"], "lr": row["lr"], "epoch_s": row["epoch_s"],
+           "hp/test_acc": row["test_acc"], "hp/test_loss": row["test_loss"]}
+    if "val_acc" in row:
+        out.update({"val/loss": row["val_loss"], "val/acc": row["val_acc"]})
+    return out
 
 
 class SGDModule(L.LightningModule):
@@ -51,8 +55,9 @@ class SGDModule(L.LightningModule):
 
     def __init__(self, model: nn.Module, optim: Mapping[str, Any], batch_size: int, epochs: int,
                  steps_per_epoch: int, check_every_n_steps: int = 50,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
+                 memory_format: torch.memory_format = torch.contiguous_format, steps_per_pass: int | None = None) -> None:
         super().__init__()
+        self.steps_per_pass = steps_per_pass or steps_per_epoch  # warmup counts passes (budget: epoch = period)
         check_optim(optim)
         self.automatic_optimization = False
         self.memory_format = memory_format
@@ -61,6 +66,9 @@ class SGDModule(L.LightningModule):
         self.batch_size, self.epochs, self.steps_per_epoch = batch_size, epochs, steps_per_epoch
         self.check_every = max(1, int(check_every_n_steps))
         self.lr = scaled_lr(optim["base_lr"], batch_size, optim["base_batch"], optim["lr_scaling"])
+        #: What Lightning's validation loop evaluates after every epoch, in dataloader order:
+        #: the test split, or a held-out validation split and then the test split (data.val_size).
+        self.eval_splits: tuple[str, ...] = ("test",)
         self._no_bad_step = torch.iinfo(torch.int64).max
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +80,7 @@ class SGDModule(L.LightningModule):
 
     def configure_optimizers(self) -> dict[str, Any]:
         opt = build_optimizer(self.model.parameters(), self.optim, self.lr)
-        sched = build_scheduler(opt, self.optim, self.epochs, self.steps_per_epoch)
+        sched = build_scheduler(opt, self.optim, self.epochs, self.steps_per_epoch, self.steps_per_pass)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
@@ -81,8 +89,9 @@ class NormbenchModule(SGDModule):
 
     def __init__(self, model: nn.Module, optim: Mapping[str, Any], batch_size: int, epochs: int,
                  steps_per_epoch: int, check_every_n_steps: int = 50,
-                 memory_format: torch.memory_format = torch.contiguous_format) -> None:
-        super().__init__(model, optim, batch_size, epochs, steps_per_epoch, check_every_n_steps, memory_format)
+                 memory_format: torch.memory_format = torch.contiguous_format, steps_per_pass: int | None = None) -> None:
+        super().__init__(model, optim, batch_size, epochs, steps_per_epoch, check_every_n_steps, memory_format,
+                         steps_per_pass)
         self.history: list[dict[str, float]] = []
 
     # --- training ------------------------------------------------------------------------
@@ -132,34 +141,33 @@ class NormbenchModule(SGDModule):
         if getattr(self, "_train_s", 0.0) is None:  # the test pass that ends a training epoch
             self._sync()
             self._train_s = time.perf_counter() - self._epoch_t0
-        self._test_loss = torch.zeros((), device=self.device)
-        self._test_correct = torch.zeros((), device=self.device, dtype=torch.long)
-        self._test_seen = 0
+        self._eval = [(torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long),
+                       [0]) for _ in self.eval_splits]
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
         x, y = batch
         logits = self.model(x)
-        self._test_loss += F.cross_entropy(logits.float(), y, reduction="sum")
-        self._test_correct += (logits.argmax(1) == y).sum()
-        self._test_seen += len(y)
+        loss, correct, seen = self._eval[dataloader_idx]
+        loss += F.cross_entropy(logits.float(), y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+        seen[0] += len(y)
 
     def on_train_epoch_end(self) -> None:
         self._raise_if_diverged()
         if self._train_s is None:
             self._sync()
             self._train_s = time.perf_counter() - self._epoch_t0
-        seen, tseen = max(1, self._train_seen), max(1, self._test_seen)
-        row = {
+        seen = max(1, self._train_seen)
+        row: dict[str, float] = {
             "epoch": self.current_epoch + 1,
             "train_loss": float(self._train_loss) / seen,
             "train_acc": int(self._train_correct) / seen,
-            "test_loss": float(self._test_loss) / tseen,
-            "test_acc": int(self._test_correct) / tseen,
-            "lr": self.trainer.optimizers[0].param_groups[0]["lr"],
-            "epoch_s": time.perf_counter() - self._epoch_t0,
-            "train_s": self._train_s,
-            "train_images": self._train_seen,
         }
+        for split, (loss, correct, n) in zip(self.eval_splits, self._eval):
+            row[f"{split}_loss"], row[f"{split}_acc"] = float(loss) / max(1, n[0]), int(correct) / max(1, n[0])
+        row.update(lr=self.trainer.optimizers[0].param_groups[0]["lr"], epoch_s=time.perf_counter() - self._epoch_t0,
+                   train_s=self._train_s, train_images=self._train_seen)
         self.history.append(row)
         if self.logger is not None:
             # Logged against the epoch, not the step: curves of runs with different batch

@@ -64,10 +64,12 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], optim: Mapping[str, An
 
 
 def build_scheduler(opt: torch.optim.Optimizer, optim: Mapping[str, Any], epochs: int,
-                    steps_per_epoch: int) -> torch.optim.lr_scheduler.LambdaLR:
-    """The per-step schedule (``lr_factor``) over ``epochs * steps_per_epoch`` steps."""
+                    steps_per_epoch: int, steps_per_pass: int | None = None) -> torch.optim.lr_scheduler.LambdaLR:
+    """The per-step schedule (``lr_factor``) over ``epochs * steps_per_epoch`` steps, with
+    ``optim.warmup_epochs`` passes over the data (``steps_per_pass`` steps each; under a budget
+    an epoch is an evaluation period, ``normbench.budget``) of linear warmup."""
     total = epochs * steps_per_epoch
-    warmup = round(optim["warmup_epochs"] * steps_per_epoch)
+    warmup = round(optim["warmup_epochs"] * (steps_per_pass or steps_per_epoch))
     milestones = tuple(optim.get("milestones") or ())
     schedule, gamma = optim["schedule"], optim.get("gamma", 0.1)
     return torch.optim.lr_scheduler.LambdaLR(

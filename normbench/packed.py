@@ -77,8 +77,9 @@ class PackedModule(SGDModule):
                  steps_per_epoch: int, check_every_n_steps: int = 50,
                  memory_format: torch.memory_format = torch.contiguous_format,
                  loggers: Sequence[Any] | None = None,
-                 on_diverged: Callable[[int, Diverged], None] | None = None) -> None:
-        super().__init__(model, optim, batch_size, epochs, steps_per_epoch, check_every_n_steps, memory_format)
+                 on_diverged: Callable[[int, Diverged], None] | None = None, steps_per_pass: int | None = None) -> None:
+        super().__init__(model, optim, batch_size, epochs, steps_per_epoch, check_every_n_steps, memory_format,
+                         steps_per_pass)
         self.k = model.k
         self.histories: list[list[dict[str, float]]] = [[] for _ in range(self.k)]
         self.member_loggers = list(loggers or [None] * self.k)
@@ -160,34 +161,37 @@ class PackedModule(SGDModule):
         if getattr(self, "_train_s", 0.0) is None:
             self._sync()
             self._train_s = time.perf_counter() - self._epoch_t0
-        self._test_loss = torch.zeros(self.k, device=self.device)
-        self._test_correct = torch.zeros(self.k, device=self.device, dtype=torch.long)
-        self._test_seen = 0
+        self._eval = [(torch.zeros(self.k, device=self.device), torch.zeros(self.k, device=self.device, dtype=torch.long),
+                       [0]) for _ in self.eval_splits]
 
-    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
+                        dataloader_idx: int = 0) -> None:
         x, y = batch
         logits = self.model(x.repeat(1, self.k, 1, 1).contiguous(memory_format=self.memory_format))
         ys = y[:, None].expand(-1, self.k)
-        self._test_loss += F.cross_entropy(logits.float().transpose(1, 2), ys, reduction="none").sum(0)
-        self._test_correct += (logits.argmax(2) == ys).sum(0)
-        self._test_seen += len(y)
+        loss, correct, seen = self._eval[dataloader_idx]
+        loss += F.cross_entropy(logits.float().transpose(1, 2), ys, reduction="none").sum(0)
+        correct += (logits.argmax(2) == ys).sum(0)
+        seen[0] += len(y)
 
     def on_train_epoch_end(self) -> None:
         self._retire_diverged()
         if self._train_s is None:
             self._sync()
             self._train_s = time.perf_counter() - self._epoch_t0
-        seen, tseen = max(1, self._train_seen), max(1, self._test_seen)
+        seen = max(1, self._train_seen)
         loss, correct = self._train_loss.tolist(), self._train_correct.tolist()
-        test_loss, test_correct = self._test_loss.tolist(), self._test_correct.tolist()
+        evals = {split: (le.tolist(), ce.tolist(), max(1, n[0])) for split, (le, ce, n) in zip(self.eval_splits, self._eval)}
+        test_correct, tseen = evals["test"][1], evals["test"][2]
         lr = self.trainer.optimizers[0].param_groups[0]["lr"]
         epoch_s = time.perf_counter() - self._epoch_t0
         for k in range(self.k):
             if not self.alive[k]:
                 continue
-            row = {"epoch": self.current_epoch + 1, "train_loss": loss[k] / seen, "train_acc": correct[k] / seen,
-                   "test_loss": test_loss[k] / tseen, "test_acc": test_correct[k] / tseen, "lr": lr,
-                   "epoch_s": epoch_s, "train_s": self._train_s, "train_images": self._train_seen}
+            row = {"epoch": self.current_epoch + 1, "train_loss": loss[k] / seen, "train_acc": correct[k] / seen}
+            for split, (le, ce, n) in evals.items():
+                row[f"{split}_loss"], row[f"{split}_acc"] = le[k] / n, ce[k] / n
+            row.update(lr=lr, epoch_s=epoch_s, train_s=self._train_s, train_images=self._train_seen)
             self.histories[k].append(row)
             logger = self.member_loggers[k]
             if logger is not None:

@@ -42,10 +42,12 @@ FIELDS = (
     "batch_size", "lr", "base_lr", "epochs", "seed", "augment", "target_acc", "params",
     "history", "total_s", "peak_mem_mb", "peak_mem_kind",
     "device", "accelerator", "precision", "torch", "lightning", "normbench", "git_rev", "started_at", "finished_at",
-    "error", "diverged_at_step", "packed_with", "stat_batch", "bn_eval",
+    "error", "diverged_at_step", "packed_with", "stat_batch", "bn_eval", "val_images",
 )
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_s", "train_s",
                   "train_images")
+#: History fields of runs with a validation split (``data.val_size``) only.
+HISTORY_OPTIONAL = ("val_loss", "val_acc")
 
 _NUMBER = (int, float)
 #: The type each field must have when present (None is always allowed: a record of an older
@@ -57,7 +59,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "placement": (str,), "batch_size": (int,), "lr": _NUMBER, "base_lr": _NUMBER, "epochs": (int,), "seed": (int,),
     "augment": (str,), "target_acc": _NUMBER, "params": (int,), "history": (list,), "total_s": _NUMBER,
     "peak_mem_mb": _NUMBER, "peak_mem_kind": (str,), "diverged_at_step": (int,), "packed_with": (list,),
-    "stat_batch": (int,), "bn_eval": (dict,),
+    "stat_batch": (int,), "bn_eval": (dict,), "val_images": (int,),
 }
 #: Fields a record of any schema must have for the report to place it.
 REQUIRED = ("run_key", "status", "dataset", "model", "norm_tag", "batch_size", "epochs", "seed", "history")
@@ -70,14 +72,15 @@ REQUIRED = ("run_key", "status", "dataset", "model", "norm_tag", "batch_size", "
 #: (``normbench.fingerprint``), never as a path.
 HASHED: dict[str, bool | tuple[str, ...]] = {
     "batch_size": True, "epochs": True, "seed": True,
-    "data": ("name", "augment", "normalize", "train_size", "test_size", "subset_seed", "fingerprint"),
-    "model": True, "norm": True, "optim": True,
+    "data": ("name", "augment", "normalize", "train_size", "test_size", "val_size", "subset_seed", "fingerprint"),
+    "model": True, "norm": True, "optim": True, "budget": True,
     "trainer": ("precision", "deterministic", "channels_last"),
 }
 #: Keys added after runs were recorded, at the value that reproduces those runs exactly: left
 #: out of the hash at that value, so existing run keys stay valid (and such runs skip).
 NEUTRAL: dict[tuple[str, str], Any] = {("model", "weight_std"): False, ("norm", "stat_batch"): None,
-                                       ("data", "normalize"): "meanstd"}
+                                       ("data", "normalize"): "meanstd", ("data", "val_size"): None,
+                                       ("budget", "steps"): None, ("budget", "images"): None}
 #: The norm group of a run that places no norm layer (``norm=none``, or ``norm.sites=[]``):
 #: whatever else the config said, it trains the same network as ``norm=none``.
 NO_NORM = {"name": "none", "tag": "none"}
@@ -105,6 +108,8 @@ def experiment_config(cfg: Mapping[str, Any], data_fingerprint: str | None = Non
     for (group, key), value in NEUTRAL.items():
         if isinstance(out.get(group), dict) and key in out[group] and out[group][key] == value:
             out[group] = {k: v for k, v in out[group].items() if k != key}
+    if out.get("budget") == {}:
+        del out["budget"]  # no budget: `epochs` passes, as every run before budgets existed
     if "data" in out:
         out["data"] = {**out["data"], "fingerprint": data_fingerprint}
     if "norm" in out and places_no_norm(out["norm"]):

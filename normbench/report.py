@@ -22,6 +22,8 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed
+# TrueType (Type 42) fonts in PDFs: many venues reject the default Type 3.
+matplotlib.rcParams.update({"pdf.fonttype": 42, "ps.fonttype": 42})
 import matplotlib.pyplot as plt  # noqa: E402
 import matplotlib.ticker  # noqa: E402
 import numpy as np  # noqa: E402
@@ -35,7 +37,7 @@ from normbench.stats import Contrast, NoSpread  # noqa: E402
 
 METRIC = claims_mod.METRIC
 SUMMARY_METRICS = ["test_acc", METRIC, "best_test_acc", "test_loss", "epochs_to_target", "steps", "train_images_per_s",
-                   "epoch_s", "total_s", "peak_mem_mb", "params"]
+                   "epoch_s", "total_s", "peak_mem_mb", "params", "precise_bn_test_acc", "batch_stats_test_acc"]
 NORM_ORDER = ["none", "lrn", "lrn_within", "bn", "ln", "in", "gn"]
 # GN paper Table 2: ImageNet ResNet-50 val error (%) by images per GPU (docs/claims.md).
 GN_TABLE2 = {32: (23.6, 24.1), 16: (23.7, 24.2), 8: (24.8, 24.0), 4: (27.3, 24.2), 2: (34.7, 24.1)}
@@ -79,7 +81,7 @@ def summarize(df: pd.DataFrame) -> pd.DataFrame:
         first = runs.iloc[0]
         row = {k: first[k] for k in ("setup_id", "study_id", "table", "row_label", "study_label", "dataset",
                                       "data_fingerprint", "train_images", "test_images", "model", "epochs",
-                                      "norm_tag", "norm", "batch_size", "lr")}
+                                      "norm_tag", "norm", "batch_size", "stat_batch", "lr")}
         row.update({k: extra.loc[runs.index[0], k] for k in extra.columns if k not in row})
         kinds = set(runs.peak_mem_kind.dropna())
         row.update(n=len(ok), n_diverged=int((runs.status == "diverged").sum()),
@@ -183,6 +185,7 @@ def tables_markdown(summary: pd.DataFrame, varies: dict[str, str]) -> str:
         line = f"Setups in this table vary in: {varies.get(table, '?')}."
         parts += [f"## {table}: test accuracy (%)", "", line, "", _md_table(grid, "setup"), "",
                   f"## {table}: test error (%)", "", _md_table(errors[table], "setup"), ""]
+    parts += bn_eval_markdown(summary)
     speed = speed_frame(summary)
     parts += ["## Speed", "", "Training throughput (first epoch excluded), median epoch time, SGD steps per run, "
               f"peak memory, parameters; means over seeds. {PEAK_MEM_NOTE}.", "",
@@ -192,6 +195,37 @@ def tables_markdown(summary: pd.DataFrame, varies: dict[str, str]) -> str:
               f"{_fmt_or_dash(r['epoch s'], '{:.2f}')} | {_fmt_or_dash(r.steps, '{:,.0f}')} | "
               f"{_peak(r)} | {r.params} |" for _, r in speed.iterrows()]
     return "\n".join(parts) + "\n"
+
+
+def _pm(row: pd.Series, metric: str) -> str:
+    mean, std = row[f"{metric}_mean"] * 100, row[f"{metric}_std"] * 100
+    if math.isnan(mean):
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" if not math.isnan(std) else f"{mean:.2f}"
+
+
+def bn_eval_markdown(summary: pd.DataFrame) -> list[str]:
+    """Setups with batch-dependent norms: the final weights' test accuracy with running
+    averages, PreciseBN and batch statistics, side by side (docs/records.md, ``bn_eval``)."""
+    s = summary[summary.n > 0]
+    s = s[s.precise_bn_test_acc_mean.notna() | s.batch_stats_test_acc_mean.notna()]
+    if s.empty:
+        return []
+    parts = ["## Batch-dependent norms evaluated three ways", "",
+             "Final-epoch test accuracy (%) of the same final weights, mean ± std over seeds: with the running "
+             "averages (as every run is evaluated), with PreciseBN (population statistics recomputed with the final "
+             "weights over `precise_bn_images` training images, 2,048 by default), and with batch statistics over "
+             "groups of test images as large as the "
+             "training statistics batch. PreciseBN above running: the running averages estimated the statistics "
+             "badly. Batch statistics above PreciseBN: the network relies on its batch noise, which no population "
+             "statistics reproduce (Wu & Johnson 2021). – : not measured for this norm.", "",
+             "| table | setup | batch | statistics batch | running averages | PreciseBN | batch statistics | n |",
+             "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for _, r in s.iterrows():
+        stat = "–" if pd.isna(r.stat_batch) else str(int(r.stat_batch))
+        parts.append(f"| {r.table} | {r.row_label} | {r.batch_size} | {stat} | {_pm(r, 'test_acc')} | "
+                     f"{_pm(r, 'precise_bn_test_acc')} | {_pm(r, 'batch_stats_test_acc')} | {int(r.n)} |")
+    return parts + [""]
 
 
 def _tex(text: str) -> str:
@@ -330,19 +364,29 @@ def _save(fig: plt.Figure, out: Path, name: str) -> None:
     plt.close(fig)
 
 
+#: Each line of a panel its own marker and dash pattern, so lines that coincide (none under
+#: lrn_within: LRN on normalized inputs is near the identity) stay distinguishable.
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*", "<", ">")
+DASHES = ("-", "--", "-.", ":")
+
+
+def _style(i: int) -> dict[str, str]:
+    return {"marker": MARKERS[i % len(MARKERS)], "linestyle": DASHES[i % len(DASHES)]}
+
+
 def _tables(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return list(summary[summary.n > 0].groupby("table", sort=True))
 
 
 def _against_batch_size(summary: pd.DataFrame, out: Path, name: str, ylabel: str,
-                        draw: Callable[[plt.Axes, pd.DataFrame, str], None]) -> None:
+                        draw: Callable[[plt.Axes, pd.DataFrame, str, dict[str, str]], None]) -> None:
     """One panel per table (dataset, model, epochs), one line per row (setup without batch
     size), log2 batch-size axis."""
     groups = _tables(summary)
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5.5 * max(1, len(groups)), 4), squeeze=False)
     for ax, (table, s) in zip(axes[0], groups):
-        for label in sorted(s.row_label.unique(), key=norm_sort_key):
-            draw(ax, s[s.row_label == label].sort_values("batch_size"), label)
+        for i, label in enumerate(sorted(s.row_label.unique(), key=norm_sort_key)):
+            draw(ax, s[s.row_label == label].sort_values("batch_size"), label, _style(i))
         ax.set_xscale("log", base=2)
         ax.set_xticks(sorted(s.batch_size.unique()), [str(b) for b in sorted(s.batch_size.unique())])
         ax.set_xlabel("batch size (images per step)")
@@ -355,19 +399,21 @@ def _against_batch_size(summary: pd.DataFrame, out: Path, name: str, ylabel: str
 
 def figure_error_vs_batch(summary: pd.DataFrame, out: Path) -> None:
     """Test error against batch size with std error bars over seeds (GN paper, Fig. 1)."""
-    _against_batch_size(summary, out, "error_vs_batch", "test error (%)", lambda ax, r, label: ax.errorbar(
+    _against_batch_size(summary, out, "error_vs_batch", "test error (%)", lambda ax, r, label, style: ax.errorbar(
         r.batch_size, 100 * (1 - r[f"{METRIC}_mean"]), yerr=100 * r[f"{METRIC}_std"].fillna(0),
-        marker="o", capsize=3, label=label))
+        capsize=3, label=label, **style))
 
 
 def figure_speed(summary: pd.DataFrame, out: Path) -> None:
     """Training throughput per setup against batch size."""
-    _against_batch_size(summary, out, "speed", "training images / s", lambda ax, r, label: ax.plot(
-        r.batch_size, r.train_images_per_s_mean, marker="o", label=label))
+    _against_batch_size(summary, out, "speed", "training images / s", lambda ax, r, label, style: ax.plot(
+        r.batch_size, r.train_images_per_s_mean, label=label, **style))
 
 
 def figure_curves(df: pd.DataFrame, out: Path) -> None:
-    """Test accuracy per epoch per setup (mean over its seeds), one panel per table and batch size."""
+    """Accuracy per epoch per setup (mean over its seeds), one panel per table and batch size:
+    validation accuracy where every run of the panel has a validation split (data.val_size),
+    so that the curves a user reads to choose anything are not the test split's."""
     ok = df[df.status == "ok"]
     panels = sorted(ok.groupby(["table", "batch_size"]).groups)
     cols = min(4, max(1, len(panels)))
@@ -375,14 +421,15 @@ def figure_curves(df: pd.DataFrame, out: Path) -> None:
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.3 * rows), squeeze=False)
     for ax, (table, b) in zip(axes.flat, panels):
         sel = ok[(ok.table == table) & (ok.batch_size == b)]
-        for label in sorted(sel.row_label.unique(), key=norm_sort_key):
+        split = "val" if all(any("val_acc" in h for h in hs) for hs in sel.history) else "test"
+        for i, label in enumerate(sorted(sel.row_label.unique(), key=norm_sort_key)):
             hist = pd.DataFrame([h for hs in sel[sel.row_label == label].history for h in hs])
-            curve = hist.groupby("epoch").test_acc.mean()
-            ax.plot(curve.index, 100 * curve.to_numpy(), marker=".", label=label)
+            curve = hist.groupby("epoch")[f"{split}_acc"].mean()
+            ax.plot(curve.index, 100 * curve.to_numpy(), label=label, markersize=4, **_style(i))
         ax.set_title(f"{table}, batch {b}", fontsize=7)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylabel(f"{'validation' if split == 'val' else 'test'} accuracy (%)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     for ax in list(axes.flat)[len(panels):]:

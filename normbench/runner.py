@@ -34,6 +34,7 @@ import normbench
 from normbench import bn_eval
 from normbench import data as datamod
 from normbench.checkpoints import AtomicCheckpointIO, PackCheckpointIO, load_trusted_shape
+from normbench.budget import period_steps
 from normbench.checks import check_batch_fits, check_config, steps_per_call
 from normbench.derived import derive
 from normbench.environment import PeakMemory, cpu_threads, device_name, git_rev, now
@@ -58,7 +59,7 @@ from normbench.records import (
     write_text_atomic,
 )
 from normbench.rundir import make_run_dir, resume_checkpoint
-from normbench.splits import data_identity, prepare_data
+from normbench.splits import data_identity, prepare_data, validation_split
 
 log = logging.getLogger("normbench")
 
@@ -280,7 +281,8 @@ def _train_loader(c: dict[str, Any], splits: tuple, seed: int, device: torch.dev
     return datamod.DeviceLoader(train_x, train_y, c["batch_size"], mean, std, augment=c["data"]["augment"],
                                 shuffle=True, drop_last=True, seed=seed, device=device, memory_format=fmt,
                                 batches_per_item=steps_per_call(c["trainer"].get("steps_per_call", "auto"),
-                                                                c["batch_size"]))
+                                                                c["batch_size"]),
+                                period=period_steps(c))
 
 
 def _test_loader(c: dict[str, Any], splits: tuple, device: torch.device,
@@ -289,6 +291,18 @@ def _test_loader(c: dict[str, Any], splits: tuple, device: torch.device,
     mean, std = _input_stats(c, ds)
     return datamod.DeviceLoader(test_x, test_y, c["data"]["eval_batch_size"], mean, std, device=device,
                                 memory_format=fmt)
+
+
+def _eval_loaders(c: dict[str, Any], splits: tuple, device: torch.device, fmt: torch.memory_format
+                  ) -> tuple[tuple[str, ...], list[datamod.DeviceLoader]]:
+    """What every epoch evaluates: the test split, or the validation split and the test split."""
+    test = _test_loader(c, splits, device, fmt)
+    val = validation_split(c)
+    if val is None:
+        return ("test",), [test]
+    mean, std = _input_stats(c, splits[0])
+    return ("val", "test"), [datamod.DeviceLoader(*val, c["data"]["eval_batch_size"], mean, std, device=device,
+                                                  memory_format=fmt), test]
 
 
 def _bn_eval(c: dict[str, Any], model: torch.nn.Module, splits: tuple, seed: int,
@@ -330,8 +344,8 @@ def _record(m: Member, identity: DataIdentity, trainer: L.Trainer, lr: float) ->
     placed = sorted(m.model.norms())  # the norm layers actually in the network, "<site>.<position>"
     return {
         "run_key": m.key, "config_hash": config_hash(m.experiment), "config": m.experiment, "dataset": d["name"],
-        "data_fingerprint": identity.fingerprint, "train_images": identity.train_images,
-        "test_images": identity.test_images, "model": c["model"]["name"],
+        "data_fingerprint": identity.fingerprint, "train_images": identity.train_images - (d.get("val_size") or 0),
+        "val_images": d.get("val_size") or None, "test_images": identity.test_images, "model": c["model"]["name"],
         "norm": m.experiment["norm"]["name"], "norm_tag": norm_tag(m.experiment["norm"]),
         "norm_params": resolved_params(m.experiment["norm"]),
         "norm_sites": placed, "placement": m.model.placement if placed else None,
@@ -376,16 +390,18 @@ def _train(m: Member, identity: DataIdentity, splits: tuple) -> dict[str, Any]:
     model = m.model.to(memory_format=fmt)
     train_loader = _train_loader(c, splits, c["seed"], device, fmt)
     module = NormbenchModule(_compile(model, c), c["optim"], c["batch_size"], c["epochs"], train_loader.num_batches,
-                             t.get("check_every_n_steps", 50), memory_format=fmt)
+                             t.get("check_every_n_steps", 50), memory_format=fmt,
+                             steps_per_pass=train_loader.batches_per_pass)
     _hparams(m, logger, module.lr)
     m.record = _record(m, identity, trainer, module.lr)
+    module.eval_splits, eval_loaders = _eval_loaders(c, splits, device, fmt)
     if m.checkpoint:
         log.info("resume %s from %s", m.key, m.checkpoint)
     memory = PeakMemory(device)
     t0 = time.perf_counter()
     outcome: dict[str, Any] = {"status": "ok"}
     try:
-        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=_test_loader(c, splits, device, fmt),
+        trainer.fit(module, train_dataloaders=train_loader, val_dataloaders=eval_loaders,
                     ckpt_path=m.checkpoint, weights_only=True)
     except Diverged as err:
         outcome = {"status": "diverged", "diverged_at_step": err.step, "error": str(err)}
@@ -429,18 +445,20 @@ def _train_pack(members: list[Member], identity: DataIdentity, splits: tuple) ->
                               diverged_at_step=err.step, error=str(err))
 
     module = PackedModule(model, c["optim"], c["batch_size"], c["epochs"], loader.num_batches,
-                          t.get("check_every_n_steps", 50), memory_format=fmt, loggers=loggers, on_diverged=diverged)
+                          t.get("check_every_n_steps", 50), memory_format=fmt, loggers=loggers, on_diverged=diverged,
+                          steps_per_pass=loader.loaders[0].batches_per_pass)
     keys = [m.key for m in members]
     for m, logger in zip(members, loggers):
         _hparams(m, logger, module.lr)
         m.record = _record(m, identity, trainer, module.lr)
         m.record["packed_with"] = [key for key in keys if key != m.key]
+    module.eval_splits, eval_loaders = _eval_loaders(c, splits, device, fmt)
     if members[0].checkpoint:
         log.info("resume a pack of %d from their checkpoints (%s, ...)", k, members[0].checkpoint)
     log.info("pack of %d runs in one model: %s", k, ", ".join(keys))
     outcome: dict[str, Any] = {"status": "ok"}
     try:
-        trainer.fit(module, train_dataloaders=loader, val_dataloaders=_test_loader(c, splits, device, fmt),
+        trainer.fit(module, train_dataloaders=loader, val_dataloaders=eval_loaders,
                     ckpt_path=members[0].checkpoint, weights_only=True)
     except AllDiverged:
         pass

@@ -23,6 +23,8 @@ from typing import Any
 
 import pandas as pd
 
+from normbench.budget import budget_label
+
 #: Keys that tell setups of one study apart (besides the seed, which tells runs apart).
 STUDY_VARIES = ("batch_size",)
 NORM_PREFIX = "norm."
@@ -97,7 +99,7 @@ def annotate(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
     df["setup_id"] = [setup_id(f) for f in flats]
     df["study_id"] = [study_id(f) for f in flats]
     df["data_label"] = [data_label(rec) for rec in df.to_dict("records")]
-    df["table"] = [f"{d} / {m}, {e} epochs" for d, m, e in zip(df.data_label, df.model, df.epochs)]
+    df["table"] = [f"{d} / {m}, {budget_label(f, e)}" for d, m, e, f in zip(df.data_label, df.model, df.epochs, flats)]
     labels: list[str] = [""] * len(df)
     study_labels: list[str] = [""] * len(df)
     varying_by_table: dict[str, list[str]] = {}

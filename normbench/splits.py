@@ -40,6 +40,23 @@ def data_identity(c: dict[str, Any]) -> fingerprint.DataIdentity:
 
 
 def prepare_data(c: dict[str, Any]) -> tuple[datamod.Dataset, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(dataset, train images, train labels, test images, test labels) the run uses: the
+    training split without its validation part (``validation_split``)."""
     d = c["data"]
     ds = _cached_dataset(d["name"], str(d["root"]), bool(d["download"]))
-    return (ds, *datamod.select(ds, d.get("train_size"), d.get("test_size"), d["subset_seed"]))
+    train_x, train_y, test_x, test_y = datamod.select(ds, d.get("train_size"), d.get("test_size"), d["subset_seed"])
+    if d.get("val_size"):
+        train_x, train_y, _, _ = datamod.split_validation(train_x, train_y, d["val_size"], ds.num_classes,
+                                                          d["subset_seed"])
+    return ds, train_x, train_y, test_x, test_y
+
+
+def validation_split(c: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The held-out validation images and labels (``data.val_size``), or None."""
+    d = c["data"]
+    if not d.get("val_size"):
+        return None
+    ds = _cached_dataset(d["name"], str(d["root"]), bool(d["download"]))
+    train_x, train_y, _, _ = datamod.select(ds, d.get("train_size"), d.get("test_size"), d["subset_seed"])
+    _, _, val_x, val_y = datamod.split_validation(train_x, train_y, d["val_size"], ds.num_classes, d["subset_seed"])
+    return val_x, val_y

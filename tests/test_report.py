@@ -233,3 +233,42 @@ def test_claims_md_states_the_setup_and_shows_paper_numbers(report_dir):
     assert "Paper: ResNet-50 ImageNet val error: batch 4 BN 27.3 vs GN 24.2; batch 2 BN 34.7 vs GN 24.1" in text
     assert "never that a paper is wrong" in text and "refuted" not in text
     assert len(claims.CLAIMS) == text.count("- Verdict:")
+
+
+def test_bn_rows_show_three_evaluations_side_by_side(tmp_path):
+    recs = seeds("bn", 32, [0.70, 0.72], stat_batch=2) + seeds("gn", 32, [0.69, 0.71])
+    for rec, (precise, batch) in zip(recs[:2], [(0.74, 0.60), (0.76, 0.62)]):
+        rec["bn_eval"] = {"stat_batch": 2, "precise_acc": precise, "precise_images": 2048, "batch_acc": batch}
+    runs = write_runs(tmp_path / "runs", recs)
+    out = tmp_path / "out"
+    assert report_main([str(runs), "--out", str(out), "--quiet"]) == 0
+    md = (out / "tables.md").read_text()
+    section = md.split("## Batch-dependent norms evaluated three ways")[1].split("## Speed")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| cifar10")]
+    assert len(rows) == 1  # GN has no batch statistics: not in this table
+    assert rows[0].endswith("| bn | 32 | 2 | 71.00 ± 1.41 | 75.00 ± 1.41 | 61.00 ± 1.41 | 2 |")
+    summary = pd.read_csv(out / "summary.csv")
+    bn = summary[summary.norm_tag == "bn"].iloc[0]
+    assert bn.precise_bn_test_acc_mean == pytest.approx(0.75) and bn.batch_stats_test_acc_mean == pytest.approx(0.61)
+    assert summary[summary.norm_tag == "gn"].precise_bn_test_acc_mean.isna().all()
+
+
+def test_budgets_are_tables_of_their_own(tmp_path):
+    budget = seeds("bn", 2, [0.60, 0.62]) + seeds("bn", 32, [0.70, 0.72])
+    for rec in budget:
+        rec["config"]["budget"] = {"steps": 500}
+        rec["run_key"] += "b"
+    epochs = seeds("bn", 32, [0.50, 0.52])
+    runs = write_runs(tmp_path / "runs", budget + epochs)
+    out = tmp_path / "out"
+    assert report_main([str(runs), "--out", str(out), "--quiet"]) == 0
+    md = (out / "tables.md").read_text()
+    tables = re.findall(r"^## (.*): test accuracy", md, flags=re.M)
+    assert [t.rsplit(" / ", 1)[1] for t in tables] == ["convnet, 5 epochs", "convnet, 500 steps"]
+
+
+def test_pdfs_embed_truetype_fonts_not_type3(report_dir):
+    for name in ("curves", "error_vs_batch", "speed"):
+        pdf = (report_dir[1] / f"{name}.pdf").read_bytes()
+        assert b"/FontType 3" not in pdf and b"/Subtype /Type3" not in pdf
+        assert b"/Subtype /TrueType" in pdf or b"/Subtype /Type0" in pdf

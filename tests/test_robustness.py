@@ -18,7 +18,7 @@ from normbench.cli import unknown_group_option
 from normbench.errors import ConfigError
 from normbench.models import build_model
 from normbench.records import load_records, read_record, run_lock
-from normbench.train import run
+from normbench.train import CONFIG_DIR, run
 
 ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
 
@@ -176,10 +176,10 @@ def test_slurm_launcher_config_composes():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("norm=batchnorm", "norm=batchnorm is not a known norm; allowed: bgn, bn, brn, cbn, evonorm_b0, evonorm_s0, frn, gn, gn_ws, in, ln, lrn, lrn_within, none, pn, sabn, sn"),
-        ("model=resnet", "model=resnet is not a known model; allowed: alexnet, convnet"),
+        ("norm=batchnorm", "norm=batchnorm is not a known norm; allowed: bgn, bn, brn, cbn, evonorm_b0, evonorm_s0, frn, ghost_bn2, ghost_bn4, ghost_bn8, gn, gn_ws, in, ln, lrn, lrn_within, none, pn, sabn, sn"),
+        ("model=resnet", "model=resnet is not a known model; allowed: alexnet, convnet, resnet20"),
         ("data=imagenet", "data=imagenet is not a known data; allowed: cifar10, cifar100, fashion_mnist"),
-        ("experiment=gn_vs_bm", "experiment=gn_vs_bm is not a known experiment; allowed: gn_vs_bn, lrn_ablation, norm_zoo, norm_zoo_small, smoke"),
+        ("experiment=gn_vs_bm", "experiment=gn_vs_bm is not a known experiment; allowed: ghost_bn, gn_vs_bn, gn_vs_bn_resnet20, gn_vs_bn_steps, lrn_ablation, norm_zoo, norm_zoo_small, smoke"),
     ],
 )
 def test_unknown_group_option_lists_valid_names(override, message):
@@ -196,7 +196,7 @@ def test_cli_unknown_norm_in_a_sweep_is_one_line(cifar_root, tmp_path):
     proc = subprocess.run(train_cmd(cifar_root, tmp_path, "-m", "norm=bn,batchnorm"), env=ENV, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == "error: norm=batchnorm is not a known norm; allowed: bgn, bn, brn, cbn, evonorm_b0, evonorm_s0, frn, gn, gn_ws, in, ln, lrn, lrn_within, none, pn, sabn, sn"
+    assert proc.stderr.strip() == "error: norm=batchnorm is not a known norm; allowed: bgn, bn, brn, cbn, evonorm_b0, evonorm_s0, frn, ghost_bn2, ghost_bn4, ghost_bn8, gn, gn_ws, in, ln, lrn, lrn_within, none, pn, sabn, sn"
     assert not (tmp_path / "runs").exists()
 
 
@@ -312,3 +312,78 @@ def test_version_is_one_line(capsys):
     from normbench.cli import main
 
     assert main(["--version"]) == 0 and capsys.readouterr().out == f"normbench {__version__}\n"
+
+
+# --- one schema for every key (normbench.schema) ------------------------------------------------
+
+SCHEMA_CASES = [
+    (["seed=4294967296"], "seed=4294967296 is not valid; allowed: an integer in [0, 4294967295]"),
+    (["target_acc=abc"], "target_acc='abc' is not valid; allowed: a number in [0, 1]"),
+    (["target_acc=2"], "target_acc=2 is not valid; allowed: a number in [0, 1]"),
+    (["trainer.precision=bogus"], "trainer.precision='bogus' is not valid; allowed: 32-true | 32 | 64-true | 64 | "
+                                  "16-mixed | 16 | bf16-mixed | bf16 | 16-true | bf16-true"),
+    (["trainer.devices=0"], "trainer.devices=0 is not valid; allowed: 1 (each run trains on one device; runs are "
+                            "parallel across jobs)"),
+    (["trainer.devices=2"], "trainer.devices=2 is not valid; allowed: 1 (each run trains on one device; runs are "
+                            "parallel across jobs)"),
+    (["trainer.check_every_n_steps=abc"], "trainer.check_every_n_steps='abc' is not valid; allowed: an integer >= 1"),
+    (["data.subset_seed=abc"], "data.subset_seed='abc' is not valid; allowed: an integer >= 0"),
+    (["optim.momentum=2"], "optim.momentum=2 is not valid; allowed: a number in [0, 1)"),
+    (["optim.nesterov=true", "optim.momentum=0"], "optim.nesterov=true is not valid with optim.momentum=0; allowed: "
+                                                  "optim.nesterov=false, or a momentum > 0 (Nesterov momentum needs "
+                                                  "a momentum)"),
+    (["optim.milestones=[abc]"], "optim.milestones=['abc'] is not valid; allowed: a list of increasing fractions of "
+                                 "training in (0, 1)"),
+    (["optim.gamma=0"], "optim.gamma=0 is not valid; allowed: a number in (0, 1]"),
+    (["+optim.lr=0.1"], "optim.lr is not a config key; allowed: optim.name, optim.base_lr, optim.base_batch, "
+                        "optim.lr_scaling, optim.momentum, optim.nesterov, optim.weight_decay, optim.schedule, "
+                        "optim.milestones, optim.gamma, optim.warmup_epochs"),
+    (["+lr=0.1"], "lr is not a config key; allowed: batch_size, epochs, seed, target_acc, precise_bn_images, budget, "
+                  "data, model, norm, optim, trainer, paths"),
+    (["trainer.pack_seeds=[]"], "trainer.pack_seeds=[] is not valid; allowed: null, or a list of integers >= 0"),
+    (["data.val_size=0"], "data.val_size=0 is not valid; allowed: null, or an integer >= 1"),
+    (["model=alexnet", "model.dropout=2"], "model.dropout=2 is not valid; allowed: a number in [0, 1)"),
+    (["data.train_size=100000"], "data.train_size=100000 is larger than the split (320 images); allowed: at most "
+                                 "320, or null for all of them"),
+    (["data.test_size=5000"], "data.test_size=5000 is larger than the split (128 images); allowed: at most 128, or "
+                              "null for all of them"),
+]
+if not torch.cuda.is_available():
+    SCHEMA_CASES.append((["trainer.accelerator=gpu"], "trainer.accelerator=gpu is not valid on this machine (no CUDA "
+                                                      "GPU found); allowed: auto or cpu"))
+
+
+@pytest.mark.parametrize(("overrides", "message"), SCHEMA_CASES, ids=[" ".join(o) for o, _ in SCHEMA_CASES])
+def test_every_key_is_checked_in_one_line_before_anything_is_created(quick, tmp_path, overrides, message):
+    with pytest.raises(ConfigError) as err:
+        run(quick(*overrides))
+    assert str(err.value) == message
+    assert not (tmp_path / "runs").exists()
+
+
+def test_cli_a_key_the_schema_does_not_know_is_exit_2(cifar_root, tmp_path):
+    proc = subprocess.run(train_cmd(cifar_root, tmp_path, "+optim.lr=0.1"), env=ENV, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        "error: optim.lr is not a config key; allowed: optim.name, optim.base_lr, optim.base_batch, optim.lr_scaling, "
+        "optim.momentum, optim.nesterov, optim.weight_decay, optim.schedule, optim.milestones, optim.gamma, "
+        "optim.warmup_epochs"]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_every_preset_and_norm_config_fits_the_schema(quick):
+    from normbench.checks import check_config
+    from omegaconf import OmegaConf
+
+    for preset in sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")):
+        check_config(OmegaConf.to_container(quick(f"experiment={preset}"), resolve=True))
+    for norm in sorted(p.stem for p in (CONFIG_DIR / "norm").glob("*.yaml")):
+        check_config(OmegaConf.to_container(quick(f"norm={norm}"), resolve=True))
+
+
+def test_docs_config_lists_every_key_as_the_schema_says():
+    from normbench.schema import reference_markdown
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
+    assert text.endswith(reference_markdown())
