@@ -30,7 +30,7 @@ examples:
 
 
 CONFIG_GROUPS = ("data", "model", "norm", "optim", "trainer", "paths", "experiment", "hydra/launcher")
-# Launchers that come from Hydra and its submitit plugin rather than from configs/.
+# Launchers that come from Hydra and its submitit plugin rather than from normbench/configs/.
 PLUGIN_LAUNCHERS = ("basic", "submitit_local", "submitit_slurm")
 
 

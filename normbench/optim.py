@@ -1,7 +1,7 @@
 """The optimizer and learning-rate schedule that every training path builds: a run, a pack
 of runs (``normbench.packed``) and the benchmarks' plain loops, so that they cannot drift apart.
 
-SGD with momentum and weight decay (``configs/optim/sgd.yaml``); the peak lr scales with the
+SGD with momentum and weight decay (``normbench/configs/optim/sgd.yaml``); the peak lr scales with the
 batch size (GN paper, Sec. 4.1; Goyal et al. 2017) and follows a per-step schedule.
 """
 

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import json
 import logging
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,6 +30,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 import normbench
@@ -330,9 +333,37 @@ def _bn_eval(c: dict[str, Any], model: torch.nn.Module, splits: tuple, seed: int
     return out
 
 
+INTERRUPTED = "interrupted"  # the marker file of a run stopped by a signal (docs/records.md)
+
+
+def _signal_of(err: SystemExit) -> int | None:
+    """The signal that ended ``trainer.fit``, or None for any other exit: Lightning turns
+    SIGTERM into ``SIGTERMException`` (a SystemExit with code 0) and Ctrl-C (SIGINT) into
+    ``sys.exit(1)`` raised while handling the KeyboardInterrupt."""
+    if isinstance(err, SIGTERMException):
+        return signal.SIGTERM
+    if isinstance(err.__context__, KeyboardInterrupt):
+        return signal.SIGINT
+    return None
+
+
+def _interrupted(members: list[Member], signum: int) -> SystemExit:
+    """Mark each member's folder ``interrupted`` (no record: relaunching resumes from its last
+    checkpoint) and return the exit a shell reports for the signal: 128 + its number (SIGTERM
+    143, SIGINT 130), so that ``train && report`` and schedulers see the run did not finish."""
+    name = signal.Signals(signum).name
+    for m in members:
+        assert m.run_dir is not None
+        write_text_atomic(m.run_dir / INTERRUPTED, json.dumps({"signal": name, "at": now()}) + "\n")
+        log.warning("%s interrupted by %s: no record written; launch the same command again to resume from its "
+                    "last checkpoint", m.key, name)
+    return SystemExit(128 + signum)
+
+
 def _start(m: Member) -> TensorBoardLogger:
     """Write the run's config and open its TensorBoard folder."""
     assert m.run_dir is not None
+    (m.run_dir / INTERRUPTED).unlink(missing_ok=True)  # a relaunch resumes it
     write_text_atomic(m.run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(m.c), resolve=True))
     return TensorBoardLogger(save_dir=str(m.run_dir), name="tb", version="", default_hp_metric=False)
 
@@ -406,6 +437,11 @@ def _train(m: Member, identity: DataIdentity, splits: tuple) -> dict[str, Any]:
     except Diverged as err:
         outcome = {"status": "diverged", "diverged_at_step": err.step, "error": str(err)}
         log.warning("%s diverged: %s", m.key, err)
+    except SystemExit as err:
+        signum = _signal_of(err)
+        if signum is None:
+            raise
+        raise _interrupted([m], signum) from None
     except NormbenchError:
         raise
     except Exception as err:  # noqa: BLE001 - any training error is recorded; the sweep goes on
@@ -462,6 +498,11 @@ def _train_pack(members: list[Member], identity: DataIdentity, splits: tuple) ->
                     ckpt_path=members[0].checkpoint, weights_only=True)
     except AllDiverged:
         pass
+    except SystemExit as err:
+        signum = _signal_of(err)
+        if signum is None:
+            raise
+        raise _interrupted([m for i, m in enumerate(members) if i not in finished], signum) from None
     except NormbenchError:
         raise
     except Exception as err:  # noqa: BLE001 - recorded for every member still training

@@ -1,6 +1,6 @@
 """Every config key in one schema: its type, its range and what it means (docs/config.md).
 
-The YAML files under ``configs/`` give the defaults; these dataclasses say what a value may be.
+The YAML files under ``normbench/configs/`` give the defaults; these dataclasses say what a value may be.
 ``validate`` checks a composed config before anything is read or created: OmegaConf merges it
 into the structured schema (Hydra's structured configs), which refuses a key the schema does
 not know (``+optim.lr=0.1`` would otherwise train at the old lr, silently) and a value of the
@@ -28,7 +28,7 @@ Check = Callable[[Any], bool]
 
 
 def key(allowed: str, check: Check | None = None, meaning: str = "") -> Any:
-    """A schema field: no default of its own (configs/ holds the defaults)."""
+    """A schema field: no default of its own (normbench/configs/ holds the defaults)."""
     return field(default=MISSING, metadata={"allowed": allowed, "check": check, "meaning": meaning})
 
 

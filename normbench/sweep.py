@@ -30,7 +30,8 @@ def pack_limit(c: Mapping[str, Any]) -> int:
     """The most runs of ``c``'s setup one job may train packed (1: none)."""
     t = c.get("trainer") or {}
     norm = (c.get("norm") or {}).get("name")
-    if t.get("pack_seeds") or t.get("cuda_graphs") or (norm in TRAITS and TRAITS[norm].pack is None):
+    # `none` places no norm layer, so there is nothing that could fail to pack.
+    if t.get("pack_seeds") or t.get("cuda_graphs") or (norm in TRAITS and norm != "none" and TRAITS[norm].pack is None):
         return 1
     setting, batch = t.get("pack", "auto"), c.get("batch_size")
     if setting == "auto":

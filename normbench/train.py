@@ -26,7 +26,7 @@ from normbench.rundir import make_run_dir  # noqa: F401 - part of this module's 
 from normbench.runner import run
 
 log = logging.getLogger("normbench")
-CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"  # inside the package: a wheel carries it
 
 
 def _quiet_lightning() -> None:

@@ -2,7 +2,7 @@
 
     python scripts/bench_norms.py [--shape 32 32 16 16] [--threads 2]
 
-Every layer is built from its ``configs/norm/<name>.yaml`` (the settings a run uses) and timed
+Every layer is built from its ``normbench/configs/norm/<name>.yaml`` (the settings a run uses) and timed
 alone, float32 on the CPU, with torch.utils.benchmark (median over adaptive repeats). CBN
 reads the weight of the conv before it, so it is timed as conv + CBN, minus conv + BN, plus BN
 alone. ``gn_ws`` is GN (its weight standardization lives in the conv, not in the layer). The
@@ -22,7 +22,7 @@ from torch.utils import benchmark
 
 from normbench.norms import PLACEMENT_KEYS, build_norm, traits
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "norm"
+CONFIGS = Path(__file__).resolve().parent.parent / "normbench" / "configs" / "norm"
 
 
 def fwd_bwd_ms(fn, x: torch.Tensor, grad: torch.Tensor, threads: int) -> float:

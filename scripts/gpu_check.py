@@ -11,7 +11,7 @@
 2. Throughput of those runs (images/s, first epoch left out: it holds the compile), from the
    records through ``normbench.derived``.
 3. The overhead benchmark (``normbench.bench``): normbench vs a plain PyTorch loop, fp32.
-4. ``--parts norms``: every newer norm (configs/norm) for one epoch at batch 32 in bf16-mixed
+4. ``--parts norms``: every newer norm (normbench/configs/norm) for one epoch at batch 32 in bf16-mixed
    with channels_last, then with cuda_graphs: that each runs on the GPU, and at what speed.
 
 Writes ``gpu_runs.csv`` and ``overhead.csv`` under ``--out`` and prints both tables. Each part

@@ -44,6 +44,9 @@ def test_the_plan_packs_seeds_of_one_setup_where_packing_is_faster():
         assert plan_packs(jobs, cfgs) == jobs
     capped = plan_packs([[f"seed={s}"] for s in range(5)], [_cfg(batch=32, pack=2, seed=s) for s in range(5)])
     assert capped == [["seed=0", "trainer.pack_seeds=[0,1]"], ["seed=2", "trainer.pack_seeds=[2,3]"], ["seed=4"]]
+    # `none` has no layer that could fail to pack: its seeds pack too
+    nones = [_cfg("none", seed=s) for s in range(3)]
+    assert plan_packs([[f"seed={s}"] for s in range(3)], nones) == [["seed=0", "trainer.pack_seeds=[0,1,2]"]]
     # different setups never share a pack, and the same run asked twice is not packed with itself
     mixed = [_cfg(seed=0), _cfg(seed=1, epochs=3), _cfg(seed=0)]
     assert plan_packs([["a"], ["b"], ["c"]], mixed) == [["a"], ["b"], ["c"]]

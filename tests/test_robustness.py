@@ -387,3 +387,25 @@ def test_docs_config_lists_every_key_as_the_schema_says():
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "config.md").read_text()
     assert text.endswith(reference_markdown())
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_signal_ends_the_run_with_an_honest_status_and_relaunch_resumes(cifar_root, tmp_path, signum, status):
+    cmd = train_cmd(cifar_root, tmp_path, "norm=bn", "epochs=3", "batch_size=8")
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    ckpt = []
+    wait_for(lambda: ckpt.extend((tmp_path / "runs").rglob("last.ckpt")) or bool(ckpt), proc=proc)
+    time.sleep(0.3)  # into epoch 2
+    proc.send_signal(signum)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == status, out[-2000:]
+    assert "Traceback" not in out and f"interrupted by {signal.Signals(signum).name}" in out
+    (marker,) = (tmp_path / "runs").rglob("interrupted")
+    assert json.loads(marker.read_text())["signal"] == signal.Signals(signum).name
+    assert not list((tmp_path / "runs").rglob("record.json"))
+    done = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "resume cifar10/convnet/bn/bs8/" in done.stderr + done.stdout
+    (rec,) = records(tmp_path)
+    assert rec["status"] == "ok" and [h["epoch"] for h in rec["history"]] == [1, 2, 3]
+    assert not marker.exists()

@@ -1,4 +1,4 @@
-"""Hydra's basic sweeper, with two changes for normbench (``configs/hydra/default.yaml``):
+"""Hydra's basic sweeper, with two changes for normbench (``normbench/configs/hydra/default.yaml``):
 
 - jobs that differ only in their seed are launched as packs (``normbench.sweep``): one job
   trains several runs in one model;

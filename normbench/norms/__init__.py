@@ -14,7 +14,7 @@ per family, each readable on its own:
 - ``powernorm``: PowerNorm, adapted to (N, C, H, W).
 
 Adding a layer: a factory with ``@register_norm(name, NormTraits(...))`` in its family's
-module (or a new module imported below) and a ``configs/norm/<name>.yaml``.
+module (or a new module imported below) and a ``normbench/configs/norm/<name>.yaml``.
 """
 
 # Imported for their registrations, in the order the names are listed.

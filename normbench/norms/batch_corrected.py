@@ -45,7 +45,7 @@ class BatchRenorm2d(nn.Module, NormLayer):
     r_max = 1 and d_max = 0 until ``relax_from``, then linear ramps that reach ``r_max`` at
     step ``r_max_at`` and ``d_max`` at ``d_max_at`` (the paper's Inception run: 5,000, 40,000
     and 25,000 steps, r_max 3, d_max 5; the ramp's shape is not published: linear here).
-    Short runs must rescale the breakpoints; configs/norm/brn.yaml holds the GN paper's
+    Short runs must rescale the breakpoints; normbench/configs/norm/brn.yaml holds the GN paper's
     fixed r_max 1.5, d_max 0.5. The paper calls the update rate "relatively fast" without a
     value: ``momentum`` 0.01 is Keras' default (its ``renorm_momentum`` 0.99).
     """

@@ -132,7 +132,7 @@ def _bgn_count(layer: nn.Module, shape: tuple[int, int, int, int]) -> int:
 def batch_group_norm(channels: int, groups: int | None = None, eps: float = 1e-5,
                      momentum: float = 0.1) -> BatchGroupNorm2d:
     """Batch Group Normalization (``BatchGroupNorm2d``); ``groups`` has no default, as in the
-    reference class (configs/norm/bgn.yaml sets one)."""
+    reference class (normbench/configs/norm/bgn.yaml sets one)."""
     if groups is None:
         raise ConfigError("norm.groups=None is not valid for norm 'bgn'; allowed: a divisor of the channels "
                           "at each site (BGN has no default number of groups)")

@@ -3,7 +3,7 @@
 ``build_norm(spec, channels)`` builds a layer from a config mapping; ``traits(name)`` says
 what the model and the harness must know about it (``NormTraits``). Adding a layer is one
 factory with ``@register_norm(name, traits=...)`` in its family's module and one file in
-``configs/norm/``: the factory's keyword arguments *are* the layer's parameters, so
+``normbench/configs/norm/``: the factory's keyword arguments *are* the layer's parameters, so
 ``build_norm`` checks spec keys against its signature and the factory checks the values,
 each failure one line naming the key, the value and what is allowed.
 """

@@ -1,0 +1,66 @@
+"""Hydra's basic sweeper, with two changes for normbench (``normbench/configs/hydra/default.yaml``):
+
+- jobs that differ only in their seed are launched as packs (``normbench.sweep``): one job
+  trains several runs in one model;
+- a job that fails does not stop the sweep: the others run, and the summary reports it.
+
+Hydra finds sweepers only in the ``hydra_plugins`` namespace, hence this module's place.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+log = logging.getLogger("normbench")
+
+
+class PackingSweeper(BasicSweeper):
+    def _configs(self, jobs: list[list[str]]) -> list[dict[str, Any]]:
+        assert self.hydra_context is not None and self.config is not None
+        out = []
+        for overrides in jobs:
+            cfg = self.hydra_context.config_loader.load_sweep_config(master_config=self.config,
+                                                                     sweep_overrides=list(overrides))
+            with_hydra = OmegaConf.to_container(cfg, resolve=False)
+            assert isinstance(with_hydra, dict)
+            with_hydra.pop("hydra", None)
+            out.append(with_hydra)
+        return out
+
+    def sweep(self, arguments: list[str]) -> Any:
+        from normbench.sweep import plan_packs
+
+        assert self.config is not None and self.launcher is not None and self.hydra_context is not None
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        overrides = parser.parse_overrides([*self._parse_config(), *arguments])
+        jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
+        tic = time.perf_counter()
+        planned = plan_packs(jobs, self._configs(jobs))  # composing every job also validates it
+        if len(planned) < len(jobs):
+            log.info("%d runs in %d jobs: seeds of one setup are packed into one model (trainer.pack=1: off)",
+                     len(jobs), len(planned))
+        log.debug("planned %d jobs in %.2f s", len(planned), time.perf_counter() - tic)
+        self.overrides = list(self.split_overrides_to_chunks(planned, self.max_batch_size))
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        returns = []
+        initial_job_idx = 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
+            for r in results:
+                try:
+                    _ = r.return_value  # a failed job is in the summary; the sweep goes on
+                except Exception as err:  # noqa: BLE001
+                    log.error("job %s failed: %s: %s", r.overrides, type(err).__name__, err)
+            initial_job_idx += len(batch)
+            returns.append(results)
+        return returns

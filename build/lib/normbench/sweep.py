@@ -1,0 +1,78 @@
+"""Which jobs of a sweep share a step: the plan the packing sweeper launches.
+
+A sweep's jobs are grouped by setup (their configs equal but for the seed); each group's
+seeds are cut into packs of at most K, and a pack is launched as one job whose
+``trainer.pack_seeds`` lists them (``normbench.runner.run_pack``). Every launcher runs it
+like any job, so packs work the same locally, in parallel and on Slurm.
+
+K comes from ``trainer.pack``: ``auto`` packs only where it was measured to be faster
+(``docs/measurements/cpu_pack.csv``, 2-core CPU: 1.4-1.9x at batch 2, 1.1-1.3x at batch 8,
+0.6-1.0x at batch 32) and keeps a pack's step at most ``PACK_IMAGES`` images, the size of
+one batch-32 step, so a pack needs no more activation memory than a batch-32 run (its
+weights and optimizer state grow K-fold: about 1.1 MB per member for ``convnet``); ``1`` turns
+packing off; ``N`` caps K at N whatever the batch size.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from normbench.norms import TRAITS
+
+PACK_MAX_BATCH = 8  # auto: batch sizes above this train unpacked (slower packed on the CPU)
+PACK_IMAGES = 32  # auto: K * batch_size at most this
+PACK_MAX_K = 16  # auto: the largest K measured
+
+
+def pack_limit(c: Mapping[str, Any]) -> int:
+    """The most runs of ``c``'s setup one job may train packed (1: none)."""
+    t = c.get("trainer") or {}
+    norm = (c.get("norm") or {}).get("name")
+    # `none` places no norm layer, so there is nothing that could fail to pack.
+    if t.get("pack_seeds") or t.get("cuda_graphs") or (norm in TRAITS and norm != "none" and TRAITS[norm].pack is None):
+        return 1
+    setting, batch = t.get("pack", "auto"), c.get("batch_size")
+    if setting == "auto":
+        if not isinstance(batch, int) or batch > PACK_MAX_BATCH:
+            return 1
+        return max(1, min(PACK_MAX_K, PACK_IMAGES // batch))
+    return setting if isinstance(setting, int) and not isinstance(setting, bool) and setting >= 1 else 1
+
+
+def setup_of(c: Mapping[str, Any]) -> str:
+    """What the jobs of one pack must share: the whole config but its seed."""
+    rest = {key: value for key, value in c.items() if key not in ("seed", "hydra")}
+    return json.dumps(rest, sort_keys=True, default=str)
+
+
+def plan_packs(jobs: Sequence[Sequence[str]], configs: Sequence[Mapping[str, Any]]) -> list[list[str]]:
+    """The jobs to launch: ``jobs[i]`` (a job's overrides, composing to ``configs[i]``) as
+    they are, or several of one setup as one job with ``trainer.pack_seeds``."""
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(configs):
+        seed = c.get("seed")
+        packs = pack_limit(c) > 1 and isinstance(seed, int) and not isinstance(seed, bool)
+        groups.setdefault(setup_of(c) if packs else f"#{i}", []).append(i)
+    planned: list[tuple[int, list[str]]] = []
+    for members in groups.values():
+        limit = pack_limit(configs[members[0]])
+        if len(members) == 1 or limit <= 1:
+            planned += [(i, list(jobs[i])) for i in members]
+            continue
+        by_seed: dict[int, int] = {}
+        for i in members:
+            by_seed.setdefault(configs[i]["seed"], i)
+        duplicates = [i for i in members if i not in by_seed.values()]  # the same run twice: launched as is
+        seeds = sorted(by_seed)
+        for start in range(0, len(seeds), limit):
+            chunk = seeds[start:start + limit]
+            first = by_seed[chunk[0]]
+            if len(chunk) == 1:
+                planned.append((first, list(jobs[first])))
+            else:
+                overrides = [o for o in jobs[first] if not o.startswith("trainer.pack_seeds=")]
+                planned.append((first, overrides + [f"trainer.pack_seeds=[{','.join(map(str, chunk))}]"]))
+        planned += [(i, list(jobs[i])) for i in duplicates]
+    return [overrides for _, overrides in sorted(planned, key=lambda p: p[0])]
