@@ -28,7 +28,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint, RichProgressBar
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
@@ -49,6 +49,7 @@ from normbench.norms import resolved_params
 from normbench.norms.packing import NotPackable
 from normbench.pack import pack_net
 from normbench.packed import AllDiverged, PackedModule, PackLoader
+from normbench.progress import RunProgress
 from normbench.records import (
     CONFIG,
     FINISHED,
@@ -237,17 +238,17 @@ def _checkpoint_step(m: Member) -> tuple:
     return (ck.get("epoch"), ck.get("global_step"))
 
 
-def _trainer(c: dict[str, Any], ckpt_dir: Path, logger: Any, plugins: list[Any]) -> L.Trainer:
+def _trainer(c: dict[str, Any], ckpt_dir: Path, logger: Any, plugins: list[Any], label: str) -> L.Trainer:
     t = c["trainer"]
     callbacks: list[Any] = [ModelCheckpoint(dirpath=ckpt_dir, filename="last", monitor=None, save_top_k=1,
                                             enable_version_counter=False, save_on_train_epoch_end=True)]
     progress = t.get("progress", "auto")
     show_bar = progress == "rich" or (progress == "auto" and sys.stdout.isatty())
     if show_bar:
-        callbacks.append(RichProgressBar(leave=False))
+        callbacks.append(RunProgress(label))
     return L.Trainer(
         accelerator=t["accelerator"], devices=t["devices"], precision=t["precision"], max_epochs=c["epochs"],
-        logger=logger, callbacks=callbacks, enable_progress_bar=show_bar, enable_model_summary=False,
+        logger=logger, callbacks=callbacks, enable_progress_bar=False, enable_model_summary=False,
         num_sanity_val_steps=0, deterministic=t.get("deterministic", False), default_root_dir=str(ckpt_dir.parent),
         plugins=plugins,
     )
@@ -413,7 +414,7 @@ def _train(m: Member, identity: DataIdentity, splits: tuple) -> dict[str, Any]:
     c, t = m.c, m.c["trainer"]
     assert m.model is not None and m.run_dir is not None
     logger = _start(m)
-    trainer = _trainer(c, m.run_dir / "ckpt", logger, [AtomicCheckpointIO()])
+    trainer = _trainer(c, m.run_dir / "ckpt", logger, [AtomicCheckpointIO()], "/".join(m.key.split("/")[2:]))
     device = trainer.strategy.root_device
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # TF32 convs/matmuls: the usual GPU setting
@@ -462,7 +463,8 @@ def _train_pack(members: list[Member], identity: DataIdentity, splits: tuple) ->
     finished: dict[int, dict[str, Any]] = {}
     io = PackCheckpointIO(packed, [m.ckpt for m in members], writes=lambda i: i not in finished)
     assert members[0].run_dir is not None
-    trainer = _trainer(c, members[0].run_dir / "ckpt", False, [io])
+    trainer = _trainer(c, members[0].run_dir / "ckpt", False, [io],
+                       f"{'/'.join(members[0].key.split('/')[2:4])}/seeds {','.join(str(m.seed) for m in members)}")
     device = trainer.strategy.root_device
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")

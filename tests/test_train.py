@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -329,3 +330,21 @@ def test_mean_only_normalization_keeps_the_pixel_scale(quick, monkeypatch):
     assert "normalize" not in plain["config"]["data"]  # the default is left out of the hash
     with pytest.raises(ConfigError, match="data.normalize='std' is not valid; allowed: meanstd | mean"):
         run(quick("data.normalize=std"))
+
+
+def test_a_terminal_shows_one_bar_per_run_over_its_sgd_steps(quick, monkeypatch):
+    import io
+
+    from rich.console import Console
+
+    from normbench import progress
+
+    buf = io.StringIO()
+    monkeypatch.setattr(progress, "Console", lambda **kw: Console(file=buf, force_terminal=True, width=200))
+    monkeypatch.setattr(progress.RunProgress.__init__, "__defaults__", (0.0, None))  # refresh on every call
+    rec = run(quick("trainer.progress=rich", "epochs=2", "batch_size=16", "trainer.steps_per_call=4"))
+    assert rec["status"] == "ok"
+    text = buf.getvalue()
+    assert "bn/bs16/seed0-" in text and "epoch 2/2" in text and "Epoch 0/" not in text
+    assert "40/40" in text  # SGD steps (2 epochs x 20), not Lightning's calls (2 x 5)
+    assert re.search(r"loss \d\.\d{4}", text) and re.search(r"[\d,]+ img/s", text)
