@@ -69,14 +69,14 @@ log = logging.getLogger("normbench")
 
 
 def log_hparams(logger: TensorBoardLogger, params: dict[str, Any]) -> None:
-    """Fill TensorBoard's HPARAMS tab: ``params`` against hp/test_acc and hp/test_loss.
+    """Fill TensorBoard's HPARAMS tab: ``params`` against the test accuracy and loss curves.
 
     Written by hand because ``TensorBoardLogger.log_hyperparams(params, metrics)`` also logs
     the metrics' placeholder values at step 0, a fake point on every curve.
     """
     from torch.utils.tensorboard.summary import hparams
 
-    exp, ssi, sei = hparams(params, {"hp/test_acc": 0.0, "hp/test_loss": 0.0})
+    exp, ssi, sei = hparams(params, {"accuracy/test": 0.0, "loss/test": 0.0})
     writer = logger.experiment._get_file_writer()
     for summary in (exp, ssi, sei):
         writer.add_summary(summary)

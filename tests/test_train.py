@@ -90,9 +90,9 @@ def test_run_writes_record_config_tensorboard_and_checkpoint(quick):
     acc = EventAccumulator(str(run_dir / "tb"))
     acc.Reload()
     scalars = acc.Tags()["scalars"]
-    assert {"train/loss", "test/acc", "lr", "hp/test_acc"} <= set(scalars)
-    assert [e.step for e in acc.Scalars("test/acc")] == [1, 2]  # logged per epoch
-    assert [e.value for e in acc.Scalars("test/acc")] == pytest.approx([h["test_acc"] for h in on_disk["history"]])
+    assert sorted(scalars) == ["accuracy/test", "accuracy/train", "loss/test", "loss/train", "lr/lr", "time/epoch_s"]
+    assert [e.step for e in acc.Scalars("accuracy/test")] == [1, 2]  # logged per epoch
+    assert [e.value for e in acc.Scalars("accuracy/test")] == pytest.approx([h["test_acc"] for h in on_disk["history"]])
     plugins = acc.PluginTagToContent("hparams")
     assert "_hparams_/experiment" in plugins and "_hparams_/session_start_info" in plugins
 
