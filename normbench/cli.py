@@ -57,6 +57,23 @@ def unknown_group_option(overrides: list[str]) -> str | None:
     return None
 
 
+def unwritable_logs(overrides: list[str]) -> str | None:
+    """One line when ``paths.logs`` (Hydra creates it before a run starts) cannot be created or
+    written, checked on its nearest existing folder so that nothing is created here; Hydra
+    itself would fail with status 1 and a hint about stack traces."""
+    value = next((o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("paths.logs=")), None)
+    if value is None or "$" in value:
+        return None  # the default (results/logs under the working directory), or an interpolation
+    target = Path(value).expanduser()
+    probe = target
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK):
+        return None
+    why = "not a folder" if probe.exists() and not probe.is_dir() else "not writable"
+    return f"paths.logs={value!r} cannot be written ({probe} is {why}); set paths.logs to a writable folder"
+
+
 def data_command(argv: list[str]) -> int:
     from rich.console import Console
     from rich.table import Table
@@ -104,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         if "--verbose" in rest:  # full tracebacks, as Hydra's own HYDRA_FULL_ERROR=1 gives
             rest = [a for a in rest if a != "--verbose"]
             os.environ["HYDRA_FULL_ERROR"] = "1"
-        problem = unknown_group_option([a for a in rest if not a.startswith("-")])
+        overrides = [a for a in rest if not a.startswith("-")]
+        problem = unknown_group_option(overrides) or unwritable_logs(overrides)
         if problem:
             print(f"error: {problem}", file=sys.stderr)
             return 2

@@ -409,3 +409,14 @@ def test_a_signal_ends_the_run_with_an_honest_status_and_relaunch_resumes(cifar_
     (rec,) = records(tmp_path)
     assert rec["status"] == "ok" and [h["epoch"] for h in rec["history"]] == [1, 2, 3]
     assert not marker.exists()
+
+
+def test_cli_unwritable_logs_folder_is_one_line_and_creates_nothing(cifar_root, tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cmd = [a for a in train_cmd(cifar_root, tmp_path) if not a.startswith("paths.logs=")]
+    proc = subprocess.run([*cmd, f"paths.logs={blocker}/logs"], env=ENV, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == (f"error: paths.logs='{blocker}/logs' cannot be written ({blocker} is not a folder); "
+                                   f"set paths.logs to a writable folder")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
