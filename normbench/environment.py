@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import logging
 import os
 import platform
 import resource
@@ -17,6 +18,7 @@ from hydra.core.hydra_config import HydraConfig
 
 from normbench.errors import ConfigError
 
+log = logging.getLogger("normbench")
 
 @functools.lru_cache(maxsize=1)
 def git_rev() -> str | None:
@@ -67,9 +69,28 @@ def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
 
+@functools.lru_cache(maxsize=1)
+def idle_cores() -> int:
+    """Cores this process may use that no other process keeps busy, decided once a process
+    (a sweep's later runs would otherwise see the load of its earlier ones): the cores in its
+    affinity mask minus the 1-minute load average, at least 1.
+
+    Why not torch's default (one thread per core): when other processes share the cores, its
+    threads wait on each other. Measured on the 2-core VM while another 2-thread training ran
+    (scripts/bench_threads.py): 1 thread 928-974 img/s, 2 threads 59-467 (up to 16x slower)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    busy = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    threads = max(1, min(cores, round(cores - busy)))
+    if threads < cores:
+        log.info("torch threads: %d of %d cores (the load average, %.1f, says other processes use the rest; "
+                 "trainer.threads=N overrides)", threads, cores, busy)
+    return threads
+
+
 def cpu_threads(configured: Any) -> int | None:
     """torch's CPU threads for this run: ``trainer.threads``, else the launcher's
-    ``cpus_per_task`` (each parallel job gets its share), else Slurm's, else torch's default."""
+    ``cpus_per_task`` (each parallel job gets its share), else Slurm's, else the idle cores
+    (``idle_cores``)."""
     if configured is not None:
         if isinstance(configured, bool) or not isinstance(configured, int) or configured < 1:
             raise ConfigError(f"trainer.threads={configured!r} is not valid; allowed: an integer >= 1, or null")
@@ -81,4 +102,4 @@ def cpu_threads(configured: Any) -> int | None:
     except ValueError:  # not running under Hydra (a test or a library call)
         pass
     slurm = os.environ.get("SLURM_CPUS_PER_TASK")
-    return int(slurm) if slurm and slurm.isdigit() else None
+    return int(slurm) if slurm and slurm.isdigit() else idle_cores()

@@ -110,7 +110,8 @@ class TrainerSchema:
     steps_per_call: Any = key("auto, or an integer >= 1", _auto_or_int,
                               "SGD steps per Lightning call (the same steps, less overhead)")
     deterministic: bool = key("true or false", meaning="deterministic algorithms only (slower)")
-    threads: Optional[int] = key("an integer >= 1, or null", _int(1), "CPU threads for torch (null: one per core)")
+    threads: Optional[int] = key("an integer >= 1, or null", _int(1),
+                                 "CPU threads for torch (null: the cores idle when the process starts)")
     pack: Any = key("auto, or an integer >= 1 (1: no packing)", _auto_or_int,
                     "sweeps: at most this many seeds of one setup trained as one model")
     pack_seeds: Optional[list[int]] = key("null, or a list of integers >= 0",

@@ -348,3 +348,15 @@ def test_a_terminal_shows_one_bar_per_run_over_its_sgd_steps(quick, monkeypatch)
     assert "bn/bs16/seed0-" in text and "epoch 2/2" in text and "Epoch 0/" not in text
     assert "40/40" in text  # SGD steps (2 epochs x 20), not Lightning's calls (2 x 5)
     assert re.search(r"loss \d\.\d{4}", text) and re.search(r"[\d,]+ img/s", text)
+
+
+def test_default_threads_are_the_cores_other_processes_leave_idle(monkeypatch):
+    from normbench import environment
+
+    monkeypatch.setattr(environment.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3})
+    for load, threads in ((0.2, 4), (1.6, 2), (3.2, 1), (9.0, 1)):
+        environment.idle_cores.cache_clear()
+        monkeypatch.setattr(environment.os, "getloadavg", lambda load=load: (load, 0.0, 0.0))
+        assert environment.cpu_threads(None) == threads
+    assert environment.cpu_threads(3) == 3  # trainer.threads overrides
+    environment.idle_cores.cache_clear()
