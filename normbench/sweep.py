@@ -25,6 +25,11 @@ PACK_MAX_BATCH = 8  # auto: batch sizes above this train unpacked (slower packed
 PACK_IMAGES = 32  # auto: K * batch_size at most this
 PACK_MAX_K = 16  # auto: the largest K measured
 
+#: The configs of this process's sweep, one per run (set by the sweeper before it launches):
+#: the sweep summary finds each run's outcome in its run directory from them, which works
+#: for every launcher (a Slurm job's return value never reaches this process's callbacks).
+SWEPT: list[dict[str, Any]] = []
+
 
 def pack_limit(c: Mapping[str, Any]) -> int:
     """The most runs of ``c``'s setup one job may train packed (1: none)."""

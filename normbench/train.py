@@ -43,6 +43,29 @@ def _quiet_lightning() -> None:
 _quiet_lightning()
 
 
+class SacctOnce(logging.Filter):
+    """submitit polls Slurm's ``sacct`` and, on a cluster without job accounting, warns
+    ``Bypassing sacct error ...`` at every poll (three copies each time were seen). Say once
+    what it means, then drop the repeats."""
+
+    said = False
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "Bypassing sacct error" not in str(record.msg):
+            return True
+        if SacctOnce.said:
+            return False
+        SacctOnce.said = True
+        record.msg = ("submitit cannot read job states from sacct (no Slurm accounting on this cluster?): it goes on "
+                      "polling, and what each run did is in its run directory (the sweep summary reads them); "
+                      "this is said once")
+        record.args = ()
+        return True
+
+
+logging.getLogger("submitit").addFilter(SacctOnce())
+
+
 # --- entry point -----------------------------------------------------------------------------
 
 
@@ -58,6 +81,32 @@ class SweepSummary(Callback):
         self.statuses: list[str] = []
         self.errors: list[str] = []
 
+    def from_run_dirs(self) -> list[str]:
+        """Each of the sweep's runs' status, read from its run directory (``ok``, ``diverged``,
+        ``failed``; ``interrupted`` or ``not finished`` without a record; ``error`` for a config
+        that could not run): what happened on any launcher, a cluster's included."""
+        from omegaconf import OmegaConf
+
+        from normbench.checks import check_config
+        from normbench.records import experiment_config, read_record, run_key
+        from normbench.splits import data_identity
+        from normbench.sweep import SWEPT
+
+        out = []
+        for raw in SWEPT:
+            try:
+                c = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
+                assert isinstance(c, dict)
+                check_config(c)
+                run_dir = Path(c["paths"]["runs"]) / run_key(experiment_config(c, data_identity(c).fingerprint))
+            except Exception:  # noqa: BLE001 - a config that cannot run was reported by its job
+                out.append("error")
+                continue
+            rec = read_record(run_dir)
+            out.append(rec.get("status", "?") if rec else
+                       "interrupted" if (run_dir / "interrupted").exists() else "not finished")
+        return out
+
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         value = getattr(job_return, "_return_value", None)
         if isinstance(value, dict) and isinstance(value.get("runs"), list):
@@ -70,8 +119,9 @@ class SweepSummary(Callback):
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         runs = config.paths.runs
-        counts = ", ".join(f"{self.statuses.count(s)} {s}" for s in dict.fromkeys(self.statuses))
-        print(f"\nSweep done: {len(self.statuses)} runs ({counts}) under {runs}")
+        statuses = self.from_run_dirs() or self.statuses
+        counts = ", ".join(f"{statuses.count(s)} {s}" for s in sorted(dict.fromkeys(statuses)))
+        print(f"\nSweep done: {len(statuses)} runs ({counts}) under {runs}")
         for error in dict.fromkeys(self.errors):
             print(f"  error: {error}")
         print(f"  curves: tensorboard --logdir {runs}\n  tables: normbench report {runs}")

@@ -1,4 +1,4 @@
-"""Each normalization layer against an independent reference (REFERENCES.md §1)."""
+"""Each normalization layer against an independent reference (docs/norms.md)."""
 
 from __future__ import annotations
 
@@ -117,7 +117,7 @@ def test_none_is_identity(x):
 
 
 def lrn_loops(x: np.ndarray, region: str, n: int, alpha: float, beta: float, k: float, scaling: str) -> np.ndarray:
-    """REFERENCES.md §1, written as literally as possible."""
+    """docs/norms.md, written as literally as possible."""
     N, C, H, W = x.shape
     r = n // 2
     if scaling == "paper":
@@ -173,13 +173,13 @@ def test_lrn_equals_torch_where_conventions_coincide(x, n):
 
 
 def test_alexnet_preset_is_torch_lrn_with_alpha_times_n(x):
-    # REFERENCES.md §1: AlexNet paper = PyTorch LRN(5, alpha=5e-4, beta=0.75, k=2).
+    # docs/norms.md: AlexNet paper = PyTorch LRN(5, alpha=5e-4, beta=0.75, k=2).
     m = build_norm({"name": "lrn", "preset": "alexnet"}, 8)
     torch.testing.assert_close(m(x * 30), F.local_response_norm(x * 30, 5, 5e-4, 0.75, 2.0), rtol=1e-12, atol=0)
 
 
 def test_worked_example_gives_one_half():
-    # REFERENCES.md §1: C=4, (k, alpha, beta, n) = (0, 1, 1, 2), alpha not divided.
+    # docs/norms.md: C=4, (k, alpha, beta, n) = (0, 1, 1, 2), alpha not divided.
     x = torch.zeros(1, 4, 1, 1)
     x[0, 0] = 1.0
     x[0, 1] = 1.0

@@ -35,6 +35,7 @@ class PackingSweeper(BasicSweeper):
         return out
 
     def sweep(self, arguments: list[str]) -> Any:
+        from normbench import sweep as sweep_mod
         from normbench.sweep import plan_packs
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
@@ -42,7 +43,9 @@ class PackingSweeper(BasicSweeper):
         overrides = parser.parse_overrides([*self._parse_config(), *arguments])
         jobs = [job for batch in self.split_arguments(overrides, None) for job in batch]
         tic = time.perf_counter()
-        planned = plan_packs(jobs, self._configs(jobs))  # composing every job also validates it
+        configs = self._configs(jobs)
+        sweep_mod.SWEPT[:] = configs
+        planned = plan_packs(jobs, configs)  # composing every job also validates it
         if len(planned) < len(jobs):
             log.info("%d runs in %d jobs: seeds of one setup are packed into one model (trainer.pack=1: off)",
                      len(jobs), len(planned))
