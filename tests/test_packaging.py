@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -13,9 +14,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_a_plain_install_runs_train_from_another_directory(tmp_path, cifar_root):
-    target = tmp_path / "site"
+    target, src = tmp_path / "site", tmp_path / "src"
+    # A copy of the sources: building in place would leave build/ in the work tree.
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "normbench", "hydra_plugins"):
+        if (ROOT / name).is_dir():
+            shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+        else:
+            shutil.copy(ROOT / name, src / name)
     build = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-                            "--target", str(target), str(ROOT)], capture_output=True, text=True, timeout=300)
+                            "--target", str(target), str(src)], capture_output=True, text=True, timeout=300)
     if build.returncode != 0 and "No module named" in build.stderr:
         pytest.skip(f"cannot build here: {build.stderr.strip().splitlines()[-1]}")
     assert build.returncode == 0, build.stderr[-2000:]
