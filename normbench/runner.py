@@ -309,6 +309,9 @@ def _eval_loaders(c: dict[str, Any], splits: tuple, device: torch.device, fmt: t
                                                   memory_format=fmt), test]
 
 
+PRECISE_PASS = 1_000_000  # the data pass PreciseBN draws its training images from
+
+
 def _bn_eval(c: dict[str, Any], model: torch.nn.Module, splits: tuple, seed: int,
              device: torch.device, fmt: torch.memory_format) -> dict[str, Any] | None:
     """The final weights evaluated with PreciseBN and with batch statistics (``normbench.bn_eval``),
@@ -324,10 +327,11 @@ def _bn_eval(c: dict[str, Any], model: torch.nn.Module, splits: tuple, seed: int
     if bn_eval.precise_bn_supported(model):
         ds, train_x, train_y, _, _ = splits
         mean, std = _input_stats(c, ds)
-        # The run's own augmentation and batch; a seed of its own, so the images differ from
-        # no run's first epoch in any systematic way.
+        # The run's own augmentation and batch, from a pass of its own seed that training never
+        # reaches (pass PRECISE_PASS), so the images are a fresh draw, not the last epoch's order.
         train = datamod.DeviceLoader(train_x, train_y, c["batch_size"], mean, std, augment=c["data"]["augment"],
-                                     shuffle=True, drop_last=True, seed=seed + 1, device=device, memory_format=fmt)
+                                     shuffle=True, drop_last=True, seed=seed, device=device, memory_format=fmt)
+        train.sampler.set_epoch(PRECISE_PASS)
         net, seen = bn_eval.precise_bn(model, (x for x, _ in train), int(c.get("precise_bn_images", 2048)))
         out.update(precise_acc=bn_eval.accuracy(net, images, labels, c["data"]["eval_batch_size"]),
                    precise_images=seen)
