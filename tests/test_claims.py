@@ -262,3 +262,13 @@ def test_a_batch_blind_norm_stands_in_only_where_the_sgd_batch_is_unique():
     recs = ghost_study() + seeds("bn", 2, [0.40, 0.41, 0.42], stat_batch=2) + seeds("gn", 2, [0.69, 0.7, 0.71])
     v = verdict(claims.gn_beats_bn_small_batch, recs)
     assert v.verdict == "inconclusive" and "bn@2 has 2 different setups" in v.why
+
+
+def test_batch_free_claim_is_held_to_bn_at_the_reference_batch_where_it_has_runs_there():
+    far = seeds("bn", 2, [0.70, 0.71, 0.72]) + seeds("gn", 2, [0.60, 0.61, 0.62]) + reference(gn=(0.60, 0.61, 0.62))
+    v = verdict(claims.batch_free_beat_bn_small_batch, far)
+    assert v.verdict == "out of scope"
+    assert "failed domain: at batch 32 GN - BN = -10.00 points (beyond ±2; the paper: -0.5)" in v.gates[-1]
+    near = seeds("bn", 2, [0.50, 0.52, 0.54]) + seeds("gn", 2, [0.60, 0.61, 0.62]) + reference()
+    v = verdict(claims.batch_free_beat_bn_small_batch, near)
+    assert v.verdict == "supported" and v.gates[-1].startswith("passed domain: at batch 32 GN - BN = -0.50")
