@@ -87,7 +87,7 @@ class SweepSummary(Callback):
         that could not run): what happened on any launcher, a cluster's included."""
         from omegaconf import OmegaConf
 
-        from normbench.checks import check_config
+        from normbench.checks import check_batch_fits, check_config
         from normbench.records import experiment_config, read_record, run_key
         from normbench.splits import data_identity
         from normbench.sweep import SWEPT
@@ -98,7 +98,9 @@ class SweepSummary(Callback):
                 c = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
                 assert isinstance(c, dict)
                 check_config(c)
-                run_dir = Path(c["paths"]["runs"]) / run_key(experiment_config(c, data_identity(c).fingerprint))
+                identity = data_identity(c)
+                check_batch_fits(c, identity)
+                run_dir = Path(c["paths"]["runs"]) / run_key(experiment_config(c, identity.fingerprint))
             except Exception:  # noqa: BLE001 - a config that cannot run was reported by its job
                 out.append("error")
                 continue
