@@ -39,24 +39,39 @@ def test_every_preset_composes_and_sweeps(preset):
 
 
 def test_presets_cover_the_studies():
-    assert {"smoke", "gn_vs_bn", "lrn_ablation", "norm_zoo", "norm_zoo_small"} <= set(PRESETS)
+    assert {"smoke", "ghost_bn", "gn_vs_bn", "gn_vs_bn_steps", "gn_vs_bn_resnet20", "lrn_ablation", "norm_zoo",
+            "norm_zoo_small"} <= set(PRESETS)
     from hydra import compose, initialize_config_dir
 
-    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=["experiment=gn_vs_bn"], return_hydra_config=True)
-    params = cfg.hydra.sweeper.params
-    assert params.batch_size == "2,4,8,16,32,64,128" and params.norm == "bn,gn" and params.seed == "0,1,2"
+    def preset(name):
+        with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+            return compose(config_name="train", overrides=[f"experiment={name}"], return_hydra_config=True)
+
+    params = preset("gn_vs_bn").hydra.sweeper.params
+    assert params.batch_size == "2,4,8,16,32,64,128" and params.norm == "bn,gn" and params.seed == "0,1,2,3,4"
+    for name in PRESETS:
+        if name != "smoke":
+            assert preset(name).hydra.sweeper.params.seed == "0,1,2,3,4", name  # five seeds: the statistics plan
+    ghost = preset("ghost_bn")
+    assert ghost.batch_size == 32 and ghost.hydra.sweeper.params.norm == "ghost_bn2,ghost_bn4,ghost_bn8,bn,gn,none"
+    steps = preset("gn_vs_bn_steps")
+    assert steps.budget.steps == 6000 and steps.budget.steps % steps.epochs == 0
+    lrn = preset("lrn_ablation")
+    assert lrn.data.normalize == "mean" and lrn.optim.base_lr == 0.001 and lrn.optim.base_batch == 100
+    assert preset("gn_vs_bn_resnet20").model.name == "resnet20"
 
 
 NORM_CONFIGS = sorted(p.stem for p in (CONFIG_DIR / "norm").glob("*.yaml"))
 
 
 @pytest.mark.parametrize("norm", NORM_CONFIGS)
-def test_every_norm_config_builds_on_both_models(norm):
+def test_every_norm_config_builds_on_every_model(norm):
     from normbench.models import build_model
 
-    for model in ("convnet", "alexnet"):
-        cfg = make_cfg([f"norm={norm}", f"model={model}"])
+    for model in ("convnet", "alexnet", "resnet20"):
+        # LRN's configs name the convs its papers put it after (conv1, conv2): not resnet20's
+        extra = ["norm.sites=all"] if model == "resnet20" and norm.startswith("lrn") else []
+        cfg = make_cfg([f"norm={norm}", f"model={model}", *extra])
         net = build_model(cfg.model, cfg.norm, (3, 32, 32), 10, batch_size=2)
         assert net(torch.zeros(2, 3, 32, 32)).shape == (2, 10)
 

@@ -54,7 +54,7 @@ def test_a_validation_split_too_large_is_one_line_and_leaves_nothing(quick, tmp_
     with pytest.raises(ConfigError) as err:
         run(quick("data.val_size=320"))
     assert str(err.value).startswith("data.val_size=320 is not valid with 320 training images")
-    with pytest.raises(ConfigError, match=r"^data.val_size=0 is not valid; allowed: an integer >= 1"):
+    with pytest.raises(ConfigError, match=r"^data.val_size=0 is not valid; allowed: null, or an integer >= 1"):
         run(quick("data.val_size=0"))
     with pytest.raises(ConfigError, match=r"^batch_size=300 is larger than the training split \(256 images"):
         run(quick("data.val_size=64", "batch_size=300"))
