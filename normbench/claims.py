@@ -407,17 +407,26 @@ def norm_reaches_target_sooner(study: Study, plan: Plan) -> Verdict:
     shared = study.batches("bn", "none")
     if not shared:
         raise Missing("no batch size has both bn and none runs")
-    tests = []
+    tests, skipped = [], []
     for b in shared:
-        runs = {}
+        runs, reached = {}, False
         for tag in ("none", "bn"):
             _values(study, tag, b)  # same guards: present, one setup, finished, >= 2 seeds
             sel = study.arms[study.key(tag, b)]  # type: ignore[index]
+            reached |= bool(sel.epochs_to_target.notna().any())
             # A run that never reached the target counts as epochs + 1 (censored, in its favour).
             runs[tag] = sel.epochs_to_target.astype(float).fillna(sel.epochs + 1).to_numpy(float)
+        if not reached:
+            skipped.append(b)  # no run of either arm reached the target: nothing to compare
+            continue
         tests.append(Test(f"none - bn epochs to target at {study.at(b)}",
                           Contrast.diff(f"none@{b}", runs["none"], f"bn@{b}", runs["bn"]), scale=1.0, unit=" epochs"))
+    note = f"at batch {', '.join(map(str, skipped))} no run of either arm reached the target" if skipped else ""
+    if not tests:
+        raise Missing(f"{note}: nothing to compare (a longer budget or a lower target_acc would tell)")
     v = decide(tests, plan)
+    if note:
+        v.numbers.append(f"{note}, so those batches are left out")
     targets = ", ".join(f"{t:.0%}" for t in pd.to_numeric(study.df.target_acc, errors="coerce").dropna().unique())
     v.why += f" (epochs to reach test accuracy {targets or 'unknown'})"
     return v

@@ -286,7 +286,8 @@ def claims_markdown(verdicts: pd.DataFrame, df: pd.DataFrame, plan: claims_mod.P
              "- `out of scope`: a validity gate failed: the metric needs >= "
              f"{plan.min_epochs} epochs; batch-size claims need SGD steps within {plan.steps_ratio:g}x across the "
              f"compared batch sizes or a batch-blind baseline (none, else gn) that moves <= {plan.swing * 100:g} "
-             f"points; the GN claims need GN and BN within ±{plan.domain * 100:g} points at batch "
+             f"points; the GN claims (and the batch-independent-norms claim, for each of its norms with runs at 32) need the "
+             f"norm and BN within ±{plan.domain * 100:g} points at batch "
              f"{claims_mod.REFERENCE_BATCH}.", ""]
     for (study, label), v_study in verdicts.groupby(["study_id", "study"], sort=False):
         runs = df[df.study_id == study]

@@ -272,3 +272,14 @@ def test_batch_free_claim_is_held_to_bn_at_the_reference_batch_where_it_has_runs
     near = seeds("bn", 2, [0.50, 0.52, 0.54]) + seeds("gn", 2, [0.60, 0.61, 0.62]) + reference()
     v = verdict(claims.batch_free_beat_bn_small_batch, near)
     assert v.verdict == "supported" and v.gates[-1].startswith("passed domain: at batch 32 GN - BN = -0.50")
+
+
+def test_batches_where_no_run_reaches_the_target_are_left_out_not_called_noise():
+    small = seeds("bn", 2, [0.50, 0.51], to_target=None) + seeds("none", 2, [0.40, 0.41], to_target=None)
+    big = ([record("bn", 32, s, 0.70, to_target=t) for s, t in enumerate([2, 3, 2])]
+           + [record("none", 32, s, 0.65, to_target=t) for s, t in enumerate([5, 4, 5])])
+    v = verdict(claims.norm_reaches_target_sooner, small + big)
+    assert v.verdict == "supported" and [n.split(":")[0] for n in v.numbers[:1]] == ["none - bn epochs to target at batch 32"]
+    assert v.numbers[-1] == "at batch 2 no run of either arm reached the target, so those batches are left out"
+    v = verdict(claims.norm_reaches_target_sooner, small)
+    assert v.verdict == "inconclusive" and v.why.startswith("at batch 2 no run of either arm reached the target")
