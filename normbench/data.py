@@ -173,10 +173,19 @@ def _cifar_location(spec: DatasetSpec, root: Path) -> Path | None:
     return archive if archive.is_file() else None
 
 
+def _read_bytes(path: Path) -> bytes:
+    """A data file's bytes; one that exists but cannot be read is one line, not a traceback."""
+    try:
+        return path.read_bytes()
+    except PermissionError as err:
+        raise DataError(f"{path} cannot be read ({err.strerror}); give this user read permission, or set data.root "
+                        f"to a copy it can read") from None
+
+
 def _cifar_reader(spec: DatasetSpec, location: Path) -> Callable[[str], bytes]:
     """A function reading ``<folder>/<file>`` from the extracted folder or the official tar."""
     if location.is_dir():
-        return lambda f: (location / f).read_bytes()
+        return lambda f: _read_bytes(location / f)
     try:
         tar = tarfile.open(location, "r:gz")
         members = {m.name: m for m in tar.getmembers()}
@@ -210,11 +219,15 @@ def _read_cifar(spec: DatasetSpec, root: Path) -> Dataset:
 
     train_x, train_y = load(spec.train_files)
     test_x, test_y = load(spec.test_files)
+    for split, labels in (("training", train_y), ("test", test_y)):
+        if len(labels) == 0:
+            raise DataError(f"{where}: the {split} split holds no images; the files are incomplete: download them "
+                            f"again, or set data.root to a complete copy")
     return Dataset(spec.name, train_x, train_y, test_x, test_y, classes, where)
 
 
 def _read_idx(path: Path) -> np.ndarray:
-    raw = path.read_bytes()
+    raw = _read_bytes(path)
     try:
         if path.suffix == ".gz":
             raw = gzip.decompress(raw)

@@ -212,3 +212,32 @@ def test_real_cifar10_subset_reads():
     ds = load_dataset("cifar10", CIFAR10_SUBSET, allow_download=False)
     assert len(ds.train_y) == 5170 and len(ds.test_y) == 1017
     assert ds.classes == ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+def test_an_unreadable_or_empty_data_file_is_one_line(tmp_path, monkeypatch):
+    import pickle
+    from pathlib import Path
+
+    from conftest import write_cifar10
+
+    from normbench import data as datamod
+    from normbench.errors import DataError
+
+    root = write_cifar10(tmp_path / "d", train_per_batch=8, test=8)
+    real = Path.read_bytes
+
+    def denied(self):
+        if self.name == "data_batch_2":
+            raise PermissionError(13, "Permission denied")
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", denied)
+    with pytest.raises(DataError) as err:
+        datamod.load_dataset("cifar10", root, allow_download=False)
+    assert str(err.value) == (f"{root / 'cifar-10-batches-py' / 'data_batch_2'} cannot be read (Permission denied); "
+                              f"give this user read permission, or set data.root to a copy it can read")
+    monkeypatch.setattr(Path, "read_bytes", real)
+    with open(root / "cifar-10-batches-py" / "test_batch", "wb") as f:
+        pickle.dump({"batch_label": "testing batch 1 of 1", "labels": [], "data": np.zeros((0, 3072), np.uint8)}, f)
+    with pytest.raises(DataError, match=r"the test split holds no images; the files are incomplete"):
+        datamod.load_dataset("cifar10", root, allow_download=False)

@@ -304,6 +304,20 @@ def test_real_cifar10_bn_convnet_learns(tmp_path):
     assert final_acc(rec) > 0.35, rec["history"]
 
 
+@pytest.mark.skipif(not CIFAR10_SUBSET, reason="NORMBENCH_CIFAR10_ROOT is not set (real CIFAR-10 data)")
+@pytest.mark.parametrize("overrides", [
+    ["norm=bn", "norm.stat_batch=2"], ["norm=gn", "budget.steps=32", "epochs=2"], ["model=resnet20", "norm=gn"],
+    ["data.normalize=mean", "norm=lrn_within", "optim.base_lr=0.001"], ["data.val_size=100", "norm=bn"],
+], ids=["ghost_bn", "budget", "resnet20", "normalize_mean", "val_size"])
+def test_real_cifar10_the_design_keys_run(tmp_path, overrides):
+    cfg = make_cfg([f"data.root={CIFAR10_SUBSET}", "data.download=false", f"paths.runs={tmp_path}",
+                    "batch_size=32", "epochs=1", "data.train_size=640", "trainer.progress=none", *overrides])
+    rec = run(cfg)
+    assert rec["status"] == "ok" and 0 < final_acc(rec) <= 1, rec.get("error")
+    if "norm=bn" in overrides:
+        assert rec["bn_eval"]["precise_acc"] is not None and rec["bn_eval"]["batch_acc"] is not None
+
+
 # Those whose wiring goes beyond the layer: CBN reads its conv, FRN replaces the ReLU, PN has
 # its own autograd Function and counters, gn_ws sets a model key. Every layer's numbers,
 # gradients and checkpointed state are tested in tests/test_newer_norms.py.
