@@ -36,8 +36,8 @@ from omegaconf import DictConfig, OmegaConf
 import normbench
 from normbench import bn_eval
 from normbench import data as datamod
-from normbench.checkpoints import AtomicCheckpointIO, PackCheckpointIO, load_trusted_shape
 from normbench.budget import period_steps
+from normbench.checkpoints import AtomicCheckpointIO, PackCheckpointIO, load_trusted_shape
 from normbench.checks import check_batch_fits, check_config, steps_per_call
 from normbench.derived import derive
 from normbench.environment import PeakMemory, cpu_threads, device_name, git_rev, now

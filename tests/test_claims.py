@@ -6,12 +6,11 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import pytest
+from records_factory import record, seeds
 
 from normbench import claims, setups
 from normbench.derived import derive_record
 from normbench.records import FIELDS
-
-from records_factory import record, seeds
 
 PLAN = claims.Plan()
 

@@ -11,12 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import CIFAR10_SUBSET, write_cifar10, write_fashion_mnist
 
 from normbench import data as datamod
 from normbench.data import DeviceLoader, balanced_subset, load_dataset
 from normbench.errors import DataError
-
-from conftest import CIFAR10_SUBSET, write_cifar10, write_fashion_mnist
 
 
 def test_cifar10_folder_reads_rows_labels_and_class_names(cifar_root):

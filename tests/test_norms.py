@@ -10,7 +10,6 @@ import torch.nn.functional as F
 from normbench.norms import LRN_PRESETS, LocalResponseNorm, build_norm, norm_names
 
 
-
 @pytest.fixture(autouse=True)
 def float64_default():
     """Exactness tests run in float64; restore the default for other test modules."""

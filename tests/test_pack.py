@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
+from conftest import make_cfg
 
 from normbench.models import build_model
 from normbench.norms.packing import NotPackable
 from normbench.pack import pack_net, packed_input, packed_loss
-
-from conftest import make_cfg
 
 PACKABLE = ["none", "bn", "ln", "in", "gn", "lrn", "lrn_within", "sabn", "frn", "evonorm_s0", "evonorm_b0", "bgn",
             "brn", "cbn", "pn", "gn_ws"]

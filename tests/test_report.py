@@ -12,13 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from records_factory import record, seeds, write_runs
 
 from normbench import claims, setups
 from normbench.records import FIELDS, load_records
 from normbench.report import main as report_main
 from normbench.report import paper_gn_tables
-
-from records_factory import record, seeds, write_runs
 
 
 def frame(recs: list[dict]) -> pd.DataFrame:

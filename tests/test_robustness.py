@@ -254,6 +254,7 @@ def test_tampered_labels_are_refused(tmp_path):
     import pickle
 
     from conftest import write_cifar10
+
     from normbench.data import load_dataset
     from normbench.errors import DataError
 
@@ -375,8 +376,9 @@ def test_cli_a_key_the_schema_does_not_know_is_exit_2(cifar_root, tmp_path):
 
 
 def test_every_preset_and_norm_config_fits_the_schema(quick):
-    from normbench.checks import check_config
     from omegaconf import OmegaConf
+
+    from normbench.checks import check_config
 
     for preset in sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml")):
         check_config(OmegaConf.to_container(quick(f"experiment={preset}"), resolve=True))

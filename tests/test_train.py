@@ -12,14 +12,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CIFAR10_SUBSET, make_cfg
 
 from normbench import module as module_mod
-from normbench.errors import ConfigError, DataError
 from normbench.derived import derive
+from normbench.errors import ConfigError, DataError
 from normbench.records import FIELDS, HISTORY_FIELDS, experiment_config, read_record, run_key
 from normbench.train import CONFIG_DIR, run
 
-from conftest import CIFAR10_SUBSET, make_cfg
 
 def final_acc(rec: dict) -> float:
     return derive(rec["history"])["test_acc"]
