@@ -321,10 +321,12 @@ def resnet20(plan: NormPlan, input_shape: tuple[int, int, int], num_classes: int
     return Net(features, classifier, resnet20_sites(shortcut))
 
 
-MODELS: dict[str, tuple[Callable[..., Net], tuple[str, ...]]] = {
-    "convnet": (convnet, CONVNET_SITES),
-    "alexnet": (alexnet, ALEXNET_SITES),
-    "resnet20": (resnet20, resnet20_sites("B")),
+#: Each model's builder and its conv sites (a function of the model's config: ResNet-20's
+#: projection shortcuts exist only with option B).
+MODELS: dict[str, tuple[Callable[..., Net], Callable[[Mapping[str, Any]], tuple[str, ...]]]] = {
+    "convnet": (convnet, lambda kw: CONVNET_SITES),
+    "alexnet": (alexnet, lambda kw: ALEXNET_SITES),
+    "resnet20": (resnet20, lambda kw: resnet20_sites(kw.get("shortcut", "A"))),
 }
 
 
@@ -351,7 +353,7 @@ def build_model(model_cfg: Mapping[str, Any], norm_cfg: Mapping[str, Any], input
         raise ConfigError(f"model.width={width!r} is not valid; allowed: a number > 0")
     if not isinstance(kwargs.get("weight_std", False), bool):
         raise ConfigError(f"model.weight_std={kwargs['weight_std']!r} is not valid; allowed: true or false")
-    plan = NormPlan.from_config(norm_cfg, sites, name)
+    plan = NormPlan.from_config(norm_cfg, sites(kwargs), name)
     net = builder(plan, input_shape, num_classes, **kwargs)
     net.placement = plan.placement
     if batch_size is not None:

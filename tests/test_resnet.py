@@ -61,3 +61,10 @@ def test_resnet20_trains_and_falls_back_from_packing(quick, caplog):
 def test_a_bad_shortcut_is_one_line():
     with pytest.raises(ConfigError, match=r"^model.shortcut='C' is not valid; allowed: A \| B$"):
         build_model({"name": "resnet20", "shortcut": "C"}, {"name": "bn"}, (3, 32, 32), 10)
+
+
+def test_projection_sites_exist_only_with_option_b():
+    with pytest.raises(ConfigError, match=r"names 's2b1sc', not a conv of model 'resnet20'"):
+        build_model({"name": "resnet20"}, {"name": "bn", "sites": ["s2b1sc"]}, (3, 32, 32), 10)
+    b = build_model({"name": "resnet20", "shortcut": "B"}, {"name": "bn", "sites": ["s2b1sc"]}, (3, 32, 32), 10)
+    assert list(b.norms()) == ["s2b1sc.pre_act"]
