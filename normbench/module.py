@@ -80,6 +80,19 @@ class SGDModule(L.LightningModule):
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
 
+    #: The shape of one evaluation sum: a scalar, or one per member for a pack.
+    eval_shape: tuple[int, ...] = ()
+
+    def on_validation_epoch_start(self) -> None:
+        """Stop the training clock (the test pass that ends a training epoch), then zero each
+        evaluated split's loss and correct-count sums and image count."""
+        if getattr(self, "_train_s", 0.0) is None:
+            self._sync()
+            self._train_s = time.perf_counter() - self._epoch_t0
+        dev = self.device
+        self._eval = [(torch.zeros(self.eval_shape, device=dev), torch.zeros(self.eval_shape, device=dev, dtype=torch.long),
+                       [0]) for _ in self.eval_splits]
+
     def configure_optimizers(self) -> dict[str, Any]:
         opt = build_optimizer(self.model.parameters(), self.optim, self.lr)
         sched = build_scheduler(opt, self.optim, self.epochs, self.steps_per_epoch, self.steps_per_pass)
@@ -138,13 +151,6 @@ class NormbenchModule(SGDModule):
             raise Diverged(first)
 
     # --- test after every epoch (Lightning's validation loop runs on the test split) ---------
-
-    def on_validation_epoch_start(self) -> None:
-        if getattr(self, "_train_s", 0.0) is None:  # the test pass that ends a training epoch
-            self._sync()
-            self._train_s = time.perf_counter() - self._epoch_t0
-        self._eval = [(torch.zeros((), device=self.device), torch.zeros((), device=self.device, dtype=torch.long),
-                       [0]) for _ in self.eval_splits]
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
                         dataloader_idx: int = 0) -> None:

@@ -81,6 +81,7 @@ class PackedModule(SGDModule):
         super().__init__(model, optim, batch_size, epochs, steps_per_epoch, check_every_n_steps, memory_format,
                          steps_per_pass)
         self.k = model.k
+        self.eval_shape = (self.k,)
         self.histories: list[list[dict[str, float]]] = [[] for _ in range(self.k)]
         self.member_loggers = list(loggers or [None] * self.k)
         self.on_diverged = on_diverged
@@ -156,13 +157,6 @@ class PackedModule(SGDModule):
             self.on_diverged(member, err)
 
     # --- test after every epoch: the same test images for every member ---------------------
-
-    def on_validation_epoch_start(self) -> None:
-        if getattr(self, "_train_s", 0.0) is None:
-            self._sync()
-            self._train_s = time.perf_counter() - self._epoch_t0
-        self._eval = [(torch.zeros(self.k, device=self.device), torch.zeros(self.k, device=self.device, dtype=torch.long),
-                       [0]) for _ in self.eval_splits]
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int,
                         dataloader_idx: int = 0) -> None:

@@ -46,8 +46,6 @@ FIELDS = (
 )
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_s", "train_s",
                   "train_images")
-#: History fields of runs with a validation split (``data.val_size``) only.
-HISTORY_OPTIONAL = ("val_loss", "val_acc")
 
 _NUMBER = (int, float)
 #: The type each field must have when present (None is always allowed: a record of an older

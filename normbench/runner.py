@@ -332,7 +332,7 @@ def _bn_eval(c: dict[str, Any], model: torch.nn.Module, splits: tuple, seed: int
         train = datamod.DeviceLoader(train_x, train_y, c["batch_size"], mean, std, augment=c["data"]["augment"],
                                      shuffle=True, drop_last=True, seed=seed, device=device, memory_format=fmt)
         train.sampler.set_epoch(PRECISE_PASS)
-        net, seen = bn_eval.precise_bn(model, (x for x, _ in train), int(c.get("precise_bn_images", 2048)))
+        net, seen = bn_eval.precise_bn(model, (x for x, _ in train), c.get("precise_bn_images", bn_eval.PRECISE_IMAGES))
         out.update(precise_acc=bn_eval.accuracy(net, images, labels, c["data"]["eval_batch_size"]),
                    precise_images=seen)
     return out
