@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
         flags = [a for a in rest if a in ("-m", "--multirun")]
         sys.argv = ["normbench train", *flags, *[a for a in rest if a not in flags]]
         train.main()
-        return 2 if train.SWEEP_ERRORS else 0
+        return 2 if train.SWEEP_ERRORS else 1 if train.SWEEP_UNFINISHED else 0
     if command == "report":
         from normbench import report
 

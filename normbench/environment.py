@@ -65,6 +65,13 @@ class PeakMemory:
         return _peak_rss_mb() - self.start_rss, "cpu_peak_rss_growth"
 
 
+def scheduler_job() -> str | None:
+    """This process's Slurm job: ``<array job>_<task>`` for a task of an array (as squeue and
+    scontrol name it), else the job id; None outside Slurm."""
+    array, task = os.environ.get("SLURM_ARRAY_JOB_ID"), os.environ.get("SLURM_ARRAY_TASK_ID")
+    return f"{array}_{task}" if array and task else os.environ.get("SLURM_JOB_ID")
+
+
 def now() -> str:
     return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 

@@ -108,6 +108,7 @@ class NormbenchModule(SGDModule):
         super().__init__(model, optim, batch_size, epochs, steps_per_epoch, check_every_n_steps, memory_format,
                          steps_per_pass)
         self.history: list[dict[str, float]] = []
+        self.attempt = 1  # this launch's number among the run's attempts (normbench.rundir.start_attempt)
 
     # --- training ------------------------------------------------------------------------
 
@@ -175,7 +176,7 @@ class NormbenchModule(SGDModule):
         for split, (loss, correct, n) in zip(self.eval_splits, self._eval):
             row[f"{split}_loss"], row[f"{split}_acc"] = float(loss) / max(1, n[0]), int(correct) / max(1, n[0])
         row.update(lr=self.trainer.optimizers[0].param_groups[0]["lr"], epoch_s=time.perf_counter() - self._epoch_t0,
-                   train_s=self._train_s, train_images=self._train_seen)
+                   train_s=self._train_s, train_images=self._train_seen, attempt=self.attempt)
         self.history.append(row)
         if self.logger is not None:
             # Logged against the epoch, not the step: curves of runs with different batch

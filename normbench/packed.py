@@ -83,6 +83,7 @@ class PackedModule(SGDModule):
         self.k = model.k
         self.eval_shape = (self.k,)
         self.histories: list[list[dict[str, float]]] = [[] for _ in range(self.k)]
+        self.attempts = [1] * self.k  # each member's launch number (normbench.rundir.start_attempt)
         self.member_loggers = list(loggers or [None] * self.k)
         self.on_diverged = on_diverged
         self.alive = [True] * self.k
@@ -185,7 +186,8 @@ class PackedModule(SGDModule):
             row = {"epoch": self.current_epoch + 1, "train_loss": loss[k] / seen, "train_acc": correct[k] / seen}
             for split, (le, ce, n) in evals.items():
                 row[f"{split}_loss"], row[f"{split}_acc"] = le[k] / n, ce[k] / n
-            row.update(lr=lr, epoch_s=epoch_s, train_s=self._train_s, train_images=self._train_seen)
+            row.update(lr=lr, epoch_s=epoch_s, train_s=self._train_s, train_images=self._train_seen,
+                       attempt=self.attempts[k])
             self.histories[k].append(row)
             logger = self.member_loggers[k]
             if logger is not None:

@@ -16,6 +16,7 @@ import json
 import os
 import socket
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -42,10 +43,10 @@ FIELDS = (
     "batch_size", "lr", "base_lr", "epochs", "seed", "augment", "target_acc", "params",
     "history", "total_s", "peak_mem_mb", "peak_mem_kind",
     "device", "accelerator", "precision", "torch", "lightning", "normbench", "git_rev", "started_at", "finished_at",
-    "error", "diverged_at_step", "packed_with", "stat_batch", "bn_eval", "val_images",
+    "error", "diverged_at_step", "packed_with", "stat_batch", "bn_eval", "val_images", "attempts",
 )
 HISTORY_FIELDS = ("epoch", "train_loss", "train_acc", "test_loss", "test_acc", "lr", "epoch_s", "train_s",
-                  "train_images")
+                  "train_images", "attempt")
 
 _NUMBER = (int, float)
 #: The type each field must have when present (None is always allowed: a record of an older
@@ -57,7 +58,7 @@ FIELD_TYPES: dict[str, tuple[type, ...]] = {
     "placement": (str,), "batch_size": (int,), "lr": _NUMBER, "base_lr": _NUMBER, "epochs": (int,), "seed": (int,),
     "augment": (str,), "target_acc": _NUMBER, "params": (int,), "history": (list,), "total_s": _NUMBER,
     "peak_mem_mb": _NUMBER, "peak_mem_kind": (str,), "diverged_at_step": (int,), "packed_with": (list,),
-    "stat_batch": (int,), "bn_eval": (dict,), "val_images": (int,),
+    "stat_batch": (int,), "bn_eval": (dict,), "val_images": (int,), "attempts": (list,),
 }
 #: Fields a record of any schema must have for the report to place it.
 REQUIRED = ("run_key", "status", "dataset", "model", "norm_tag", "batch_size", "epochs", "seed", "history")
@@ -165,16 +166,37 @@ def run_lock(run_dir: Path) -> Iterator[str | None]:
     """
     fd = os.open(Path(run_dir) / LOCK, os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
-            return
+        for wait in (0.05, 0.1, 0.2, None):
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if wait is None:  # held for longer than a look (``lock_holder``) takes: a run trains there
+                    yield os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+                    return
+                time.sleep(wait)
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}@{socket.gethostname()}".encode(), 0)
         yield None
     finally:
         os.close(fd)
+
+
+def lock_holder(run_dir: Path) -> str | None:
+    """Who trains ``run_dir`` now (``pid@host``), or None when no live process holds its lock.
+    Only looks: the lock file is neither created nor written, and the shared lock it takes to
+    look lasts microseconds, which ``run_lock`` waits out."""
+    try:
+        fd = os.open(Path(run_dir) / LOCK, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        return None
+    except BlockingIOError:
+        return os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+    finally:
+        os.close(fd)  # drops the shared lock, if taken
 
 
 def write_record(run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:

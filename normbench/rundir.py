@@ -1,14 +1,19 @@
-"""A run's folder: created with a write probe, and its checkpoint, checked before a resume."""
+"""A run's folder: created with a write probe; its checkpoint, checked before a resume; and its
+attempts, one line per launch that trained it (``attempts.jsonl``, docs/records.md)."""
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
+import os
+import socket
 import tempfile
 from pathlib import Path
 
 import torch
 
+from normbench.environment import now, scheduler_job
 from normbench.errors import ConfigError
 
 log = logging.getLogger("normbench")
@@ -45,3 +50,45 @@ def make_run_dir(runs: Path, key: str) -> Path:
             f"paths.runs={str(runs)!r} cannot be written ({err.strerror}); set paths.runs to a writable folder"
         ) from None
     return run_dir
+
+
+ATTEMPTS = "attempts.jsonl"
+
+
+def read_attempts(run_dir: Path) -> list[dict]:
+    """The launches that trained this run, oldest first (a line cut short by a kill is skipped)."""
+    try:
+        lines = (Path(run_dir) / ATTEMPTS).read_text().splitlines()
+    except OSError:
+        return []
+    out = []
+    for line in lines:
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict):
+            out.append(entry)
+    return out
+
+
+def start_attempt(run_dir: Path, from_epoch: int) -> int:
+    """Append this launch to the run's attempts and return its number (1 for the first).
+
+    ``from_epoch`` is the number of epochs its checkpoint holds (0: from scratch). With the
+    ``attempt`` each history row names, the record shows where every epoch was trained: a
+    preempted or timed-out run that resumed lost no epoch and trained none twice."""
+    path = Path(run_dir) / ATTEMPTS
+    number = len(read_attempts(run_dir)) + 1
+    entry = {"attempt": number, "from_epoch": from_epoch, "started_at": now(), "host": socket.gethostname(),
+             "pid": os.getpid(), "slurm_job": scheduler_job()}
+    with open(path, "a+b") as f:
+        f.seek(0, os.SEEK_END)
+        if f.tell():
+            f.seek(-1, os.SEEK_END)
+            if f.read(1) != b"\n":  # a line cut short by a kill: end it, so this one stands alone
+                f.write(b"\n")
+        f.write(json.dumps(entry).encode() + b"\n")
+        f.flush()
+        os.fsync(f.fileno())
+    return number

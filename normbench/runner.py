@@ -62,7 +62,7 @@ from normbench.records import (
     write_record,
     write_text_atomic,
 )
-from normbench.rundir import make_run_dir, resume_checkpoint
+from normbench.rundir import make_run_dir, read_attempts, resume_checkpoint, start_attempt
 from normbench.splits import data_identity, prepare_data, validation_split
 
 log = logging.getLogger("normbench")
@@ -365,12 +365,15 @@ def _interrupted(members: list[Member], signum: int) -> SystemExit:
     return SystemExit(128 + signum)
 
 
-def _start(m: Member) -> TensorBoardLogger:
-    """Write the run's config and open its TensorBoard folder."""
+def _start(m: Member) -> tuple[TensorBoardLogger, int]:
+    """Write the run's config, count this launch among its attempts and open its TensorBoard
+    folder; returns the logger and the attempt's number."""
     assert m.run_dir is not None
     (m.run_dir / INTERRUPTED).unlink(missing_ok=True)  # a relaunch resumes it
     write_text_atomic(m.run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(m.c), resolve=True))
-    return TensorBoardLogger(save_dir=str(m.run_dir), name="tb", version="", default_hp_metric=False)
+    done = len(load_trusted_shape(Path(m.checkpoint)).get("normbench_history", [])) if m.checkpoint else 0
+    attempt = start_attempt(m.run_dir, from_epoch=done)
+    return TensorBoardLogger(save_dir=str(m.run_dir), name="tb", version="", default_hp_metric=False), attempt
 
 
 def _record(m: Member, identity: DataIdentity, trainer: L.Trainer, lr: float) -> dict[str, Any]:
@@ -404,7 +407,7 @@ def _finish(m: Member, history: list[dict[str, Any]], t0: float, memory: PeakMem
     assert m.run_dir is not None
     peak_mb, peak_kind = memory.read()
     m.record.update(outcome, history=history, total_s=time.perf_counter() - t0, peak_mem_mb=peak_mb,
-                    peak_mem_kind=peak_kind, finished_at=now())
+                    peak_mem_kind=peak_kind, finished_at=now(), attempts=read_attempts(m.run_dir))
     record = write_record(m.run_dir, m.record)
     log.info("%s %s: test_acc %s -> %s", record["status"], m.key, derive(history)["test_acc"],
              m.run_dir / "record.json")
@@ -417,7 +420,7 @@ def _finish(m: Member, history: list[dict[str, Any]], t0: float, memory: PeakMem
 def _train(m: Member, identity: DataIdentity, splits: tuple) -> dict[str, Any]:
     c, t = m.c, m.c["trainer"]
     assert m.model is not None and m.run_dir is not None
-    logger = _start(m)
+    logger, attempt = _start(m)
     trainer = _trainer(c, m.run_dir / "ckpt", logger, [AtomicCheckpointIO()], "/".join(m.key.split("/")[2:]))
     device = trainer.strategy.root_device
     if device.type == "cuda":
@@ -428,6 +431,7 @@ def _train(m: Member, identity: DataIdentity, splits: tuple) -> dict[str, Any]:
     module = NormbenchModule(_compile(model, c), c["optim"], c["batch_size"], c["epochs"], train_loader.num_batches,
                              t.get("check_every_n_steps", 50), memory_format=fmt,
                              steps_per_pass=train_loader.batches_per_pass)
+    module.attempt = attempt
     _hparams(m, logger, module.lr)
     m.record = _record(m, identity, trainer, module.lr)
     module.eval_splits, eval_loaders = _eval_loaders(c, splits, device, fmt)
@@ -462,7 +466,7 @@ def _train(m: Member, identity: DataIdentity, splits: tuple) -> dict[str, Any]:
 
 def _train_pack(members: list[Member], identity: DataIdentity, splits: tuple) -> list[dict[str, Any]]:
     c, t, k = members[0].c, members[0].c["trainer"], len(members)
-    loggers = [_start(m) for m in members]
+    loggers, attempts = map(list, zip(*[_start(m) for m in members]))
     packed = pack_net([m.model for m in members])  # type: ignore[misc]
     finished: dict[int, dict[str, Any]] = {}
     io = PackCheckpointIO(packed, [m.ckpt for m in members], writes=lambda i: i not in finished)
@@ -489,6 +493,7 @@ def _train_pack(members: list[Member], identity: DataIdentity, splits: tuple) ->
     module = PackedModule(model, c["optim"], c["batch_size"], c["epochs"], loader.num_batches,
                           t.get("check_every_n_steps", 50), memory_format=fmt, loggers=loggers, on_diverged=diverged,
                           steps_per_pass=loader.loaders[0].batches_per_pass)
+    module.attempts = attempts
     keys = [m.key for m in members]
     for m, logger in zip(members, loggers):
         _hparams(m, logger, module.lr)

@@ -20,9 +20,10 @@ def _cached_dataset(name: str, root: str, download: bool) -> datamod.Dataset:
     return datamod.load_dataset(name, root, allow_download=download)
 
 
-def data_identity(c: dict[str, Any]) -> fingerprint.DataIdentity:
+def data_identity(c: dict[str, Any], cached_only: bool = False) -> fingerprint.DataIdentity | None:
     """The fingerprint and split sizes of the data this config trains and tests on, from the
-    cache when the source files are unchanged (no data read), else computed and cached."""
+    cache when the source files are unchanged (no data read), else computed and cached; with
+    ``cached_only``, None instead of reading (or downloading) the data."""
     d = c["data"]
     spec, root = datamod.dataset_spec(d["name"]), Path(str(d["root"])).expanduser()
     subsetting = (d.get("train_size"), d.get("test_size"), d["subset_seed"])
@@ -31,6 +32,8 @@ def data_identity(c: dict[str, Any]) -> fingerprint.DataIdentity:
         known = fingerprint.lookup(fingerprint.cache_key(d["name"], files, *subsetting))
         if known:
             return known
+    if cached_only:
+        return None
     ds = _cached_dataset(d["name"], str(d["root"]), bool(d["download"]))
     identity = fingerprint.digest(*datamod.select(ds, *subsetting))
     files = datamod.source_files(spec, root)  # present now, also after a download

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 from normbench.norms import TRAITS
@@ -81,3 +82,40 @@ def plan_packs(jobs: Sequence[Sequence[str]], configs: Sequence[Mapping[str, Any
                 planned.append((first, overrides + [f"trainer.pack_seeds=[{','.join(map(str, chunk))}]"]))
         planned += [(i, list(jobs[i])) for i in duplicates]
     return [overrides for _, overrides in sorted(planned, key=lambda p: p[0])]
+
+
+def run_dir_of(raw: Mapping[str, Any], read_data: bool = True) -> Path | None:
+    """The run directory of one sweep job's config (as in ``SWEPT``), or None for a config that
+    cannot run (its job says why). The data's fingerprint comes from its cache; where it is
+    not cached, the data are read, or with ``read_data=False`` None is returned."""
+    from omegaconf import OmegaConf
+
+    from normbench.checks import check_batch_fits, check_config
+    from normbench.records import experiment_config, run_key
+    from normbench.splits import data_identity
+
+    try:
+        c = OmegaConf.to_container(OmegaConf.create(dict(raw)), resolve=True)
+        assert isinstance(c, dict)
+        check_config(c)
+        identity = data_identity(c, cached_only=not read_data)
+        if identity is None:
+            return None
+        check_batch_fits(c, identity)
+        return Path(c["paths"]["runs"]) / run_key(experiment_config(c, identity.fingerprint))
+    except Exception:  # noqa: BLE001 - any config that cannot run is launched, and its job reports it
+        return None
+
+
+def status_of(run_dir: Path) -> str:
+    """What a run directory says of its run: its record's status (``ok``, ``diverged``,
+    ``failed``), or without a record ``running elsewhere`` (another launch holds its lock),
+    ``interrupted`` (stopped by a signal) or ``not finished``."""
+    from normbench.records import lock_holder, read_record
+
+    record = read_record(run_dir)
+    if record:
+        return str(record.get("status", "?"))
+    if lock_holder(run_dir):
+        return "running elsewhere"
+    return "interrupted" if (run_dir / "interrupted").exists() else "not finished"

@@ -38,29 +38,30 @@ def _quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     warnings.filterwarnings("ignore", message=".*smaller than the logging interval.*")  # we log per epoch
     warnings.filterwarnings("ignore", message=".*Checkpoint directory .* exists and is not empty.*")  # resume
+    # Where Slurm is installed, Lightning suggests `srun` for multi-node training; a normbench
+    # run is one process on one device, launched through Slurm by hydra/launcher=slurm.
+    warnings.filterwarnings("ignore", message=".*The `srun` command is available on your system but is not used.*")
 
 
 _quiet_lightning()
 
 
 class SacctOnce(logging.Filter):
-    """submitit polls Slurm's ``sacct`` and, on a cluster without job accounting, warns
-    ``Bypassing sacct error ...`` at every poll (three copies each time were seen). Say once
-    what it means, then drop the repeats."""
+    """submitit warns ``Bypassing sacct error ...`` at every poll where ``sacct`` fails, and
+    prints each of its warnings three times (two handlers of its own, and Hydra's). Where
+    sacct is off for good, normbench reads squeue instead (``normbench.slurm``); for a
+    cluster whose sacct fails now and then, say once what it means and drop the repeats."""
 
     said = False
 
     def filter(self, record: logging.LogRecord) -> bool:
         if "Bypassing sacct error" not in str(record.msg):
             return True
-        if SacctOnce.said:
-            return False
-        SacctOnce.said = True
-        record.msg = ("submitit cannot read job states from sacct (no Slurm accounting on this cluster?): it goes on "
-                      "polling, and what each run did is in its run directory (the sweep summary reads them); "
-                      "this is said once")
-        record.args = ()
-        return True
+        if not SacctOnce.said:
+            SacctOnce.said = True
+            log.warning("Slurm's sacct did not answer (%s): job states may lag; what each run did is in its run "
+                        "directory, which the sweep summary reads (said once)", str(record.msg).split("error ", 1)[-1])
+        return False
 
 
 logging.getLogger("submitit").addFilter(SacctOnce())
@@ -71,6 +72,11 @@ logging.getLogger("submitit").addFilter(SacctOnce())
 
 #: Jobs of this process's sweep that ended in a user error (``normbench train`` exits 2 if any).
 SWEEP_ERRORS: list[str] = []
+#: Runs of this process's sweep without a record at its end: cancelled, interrupted, or a job
+#: that ended without finishing (``normbench train`` exits 1 if any; a relaunch finishes them).
+SWEEP_UNFINISHED: list[str] = []
+
+UNFINISHED = ("interrupted", "not finished")
 
 
 class SweepSummary(Callback):
@@ -83,31 +89,13 @@ class SweepSummary(Callback):
 
     def from_run_dirs(self) -> list[str]:
         """Each of the sweep's runs' status, read from its run directory (``ok``, ``diverged``,
-        ``failed``; ``interrupted`` or ``not finished`` without a record; ``error`` for a config
-        that could not run): what happened on any launcher, a cluster's included."""
-        from omegaconf import OmegaConf
+        ``failed``; without a record ``running elsewhere`` (another launch trains it now),
+        ``interrupted`` or ``not finished``; ``error`` for a config that could not run): what
+        happened on any launcher, a cluster's included."""
+        from normbench.sweep import SWEPT, run_dir_of, status_of
 
-        from normbench.checks import check_batch_fits, check_config
-        from normbench.records import experiment_config, read_record, run_key
-        from normbench.splits import data_identity
-        from normbench.sweep import SWEPT
-
-        out = []
-        for raw in SWEPT:
-            try:
-                c = OmegaConf.to_container(OmegaConf.create(raw), resolve=True)
-                assert isinstance(c, dict)
-                check_config(c)
-                identity = data_identity(c)
-                check_batch_fits(c, identity)
-                run_dir = Path(c["paths"]["runs"]) / run_key(experiment_config(c, identity.fingerprint))
-            except Exception:  # noqa: BLE001 - a config that cannot run was reported by its job
-                out.append("error")
-                continue
-            rec = read_record(run_dir)
-            out.append(rec.get("status", "?") if rec else
-                       "interrupted" if (run_dir / "interrupted").exists() else "not finished")
-        return out
+        dirs = [run_dir_of(raw) for raw in SWEPT]
+        return [status_of(d) if d else "error" for d in dirs]  # a config that cannot run was reported by its job
 
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
         value = getattr(job_return, "_return_value", None)
@@ -126,6 +114,10 @@ class SweepSummary(Callback):
         print(f"\nSweep done: {len(statuses)} runs ({counts}) under {runs}")
         for error in dict.fromkeys(self.errors):
             print(f"  error: {error}")
+        SWEEP_UNFINISHED[:] = [s for s in statuses if s in UNFINISHED]
+        if SWEEP_UNFINISHED:
+            print(f"  {len(SWEEP_UNFINISHED)} runs did not finish: launch the same command again to finish them "
+                  "(finished runs are skipped, the others resume from their checkpoints)")
         print(f"  curves: tensorboard --logdir {runs}\n  tables: normbench report {runs}")
 
 

@@ -2,7 +2,9 @@
 
 - jobs that differ only in their seed are launched as packs (``normbench.sweep``): one job
   trains several runs in one model;
-- a job that fails does not stop the sweep: the others run, and the summary reports it.
+- a job that fails does not stop the sweep: the others run, and the summary reports it;
+- runs that already finished are not launched again (on a cluster, a job that would only
+  find its record would still wait in the queue for a GPU).
 
 Hydra finds sweepers only in the ``hydra_plugins`` namespace, hence this module's place.
 """
@@ -36,7 +38,8 @@ class PackingSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from normbench import sweep as sweep_mod
-        from normbench.sweep import plan_packs
+        from normbench.records import FINISHED, read_record
+        from normbench.sweep import plan_packs, run_dir_of
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -45,12 +48,23 @@ class PackingSweeper(BasicSweeper):
         tic = time.perf_counter()
         configs = self._configs(jobs)
         sweep_mod.SWEPT[:] = configs
-        planned = plan_packs(jobs, configs)  # composing every job also validates it
+        todo = []
+        for i, c in enumerate(configs):
+            run_dir = run_dir_of(c, read_data=False)  # the launching process never downloads data
+            record = read_record(run_dir) if run_dir else None
+            if record and record.get("status") in FINISHED:
+                log.info("skip %s: already finished (%s)", record.get("run_key"), record.get("status"))
+            else:
+                todo.append(i)
+        if len(todo) < len(jobs):
+            log.info("%d of %d runs already finished: not launched again", len(jobs) - len(todo), len(jobs))
+        jobs, configs = [jobs[i] for i in todo], [configs[i] for i in todo]
+        planned = plan_packs(jobs, configs)
         if len(planned) < len(jobs):
             log.info("%d runs in %d jobs: seeds of one setup are packed into one model (trainer.pack=1: off)",
                      len(jobs), len(planned))
         log.debug("planned %d jobs in %.2f s", len(planned), time.perf_counter() - tic)
-        self.overrides = list(self.split_overrides_to_chunks(planned, self.max_batch_size))
+        self.overrides = list(self.split_overrides_to_chunks(planned, self.max_batch_size)) if planned else []
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -63,7 +77,9 @@ class PackingSweeper(BasicSweeper):
                 try:
                     _ = r.return_value  # a failed job is in the summary; the sweep goes on
                 except Exception as err:  # noqa: BLE001
-                    log.error("job %s failed: %s: %s", r.overrides, type(err).__name__, err)
+                    # A plain RuntimeError carries a sentence of its own (normbench.slurm.outcomes).
+                    said = err if type(err) is RuntimeError else f"{type(err).__name__}: {err}"
+                    log.error("job %s: %s", " ".join(r.overrides or []), said)
             initial_job_idx += len(batch)
             returns.append(results)
         return returns
