@@ -14,10 +14,8 @@ import time
 from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).parent))
-from conftest import write_cifar10  # noqa: E402
-from slurm_cluster import SlurmCluster, SlurmError, unavailable  # noqa: E402
+from conftest import write_cifar10  # tests/ is on the path (pytest's rootdir-relative import)
+from slurm_cluster import SlurmCluster, SlurmError, unavailable
 
 pytestmark = pytest.mark.skipif(bool(unavailable()), reason=f"Slurm tests: {unavailable()}")
 

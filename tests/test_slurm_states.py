@@ -63,3 +63,16 @@ def test_outcomes_wait_for_every_job_and_say_what_to_do_with_one_that_left_no_re
         got[0].return_value
     with pytest.raises(RuntimeError, match=r"^Slurm job 5_2 raised ValueError: boom \(its log: "):
         got[2].return_value
+
+
+def test_without_slurm_its_tests_skip_with_one_line_saying_how_to_enable_them(monkeypatch):
+    import slurm_cluster  # tests/ is on the path, as for conftest
+
+    monkeypatch.setattr(slurm_cluster.shutil, "which", lambda name, path=None: None)
+    assert slurm_cluster.unavailable() == (
+        "Slurm is not installed (munged, slurmctld, slurmd, sbatch, squeue, scontrol, sinfo missing): "
+        "apt-get install slurm-wlm munge, and run the tests as root")
+    monkeypatch.setattr(slurm_cluster.shutil, "which", lambda name, path=None: f"/usr/bin/{name}")
+    monkeypatch.setattr(slurm_cluster.os, "geteuid", lambda: 1000)
+    assert slurm_cluster.unavailable() == ("slurmd must run as root to start jobs: apt-get install slurm-wlm munge, "
+                                           "and run the tests as root")
