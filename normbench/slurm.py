@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import getpass
 import logging
+import os
 import subprocess
 import time
 from collections.abc import Sequence
@@ -27,8 +28,9 @@ from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 log = logging.getLogger("normbench")
 
-#: squeue states of a job that may still run (a requeued job is PENDING again).
-ACTIVE = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "COMPLETING",
+#: squeue states of a job that may still run (a requeued job is PENDING again). submitit's own
+#: list misses some (a job on a cloud node that boots is CONFIGURING; a suspended one, SUSPENDED).
+ACTIVE = {"READY", "UNKNOWN", "PENDING", "RUNNING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING", "SUSPENDED", "COMPLETING",
           "CONFIGURING", "PREEMPTED", "SIGNALING", "STAGE_OUT", "STOPPED", "RESV_DEL_HOLD"}
 
 
@@ -52,7 +54,10 @@ class SqueueWatcher(SlurmInfoWatcher):
     def _make_command(self) -> list[str] | None:
         if not self._registered - self._finished:
             return None
-        return ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T", f"--user={getpass.getuser()}"]
+        return ["squeue", "--noheader", "--array", "--states=all", "--format=%i|%T", f"--user={_user()}"]
+
+    def is_done(self, job_id: str, mode: str = "standard") -> bool:
+        return self.get_state(job_id, mode=mode).upper() not in ACTIVE
 
     def read_info(self, string: bytes | str) -> dict[str, dict[str, str]]:
         text = string.decode() if isinstance(string, bytes) else string
@@ -64,6 +69,13 @@ class SqueueWatcher(SlurmInfoWatcher):
         for job_id in self._registered - self._finished:
             seen.setdefault(job_id, {"JobID": job_id, "State": "GONE"})
         return seen
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):  # a uid without a name (containers): squeue takes the number
+        return str(os.getuid())
 
 
 def use_squeue_if_no_accounting() -> None:

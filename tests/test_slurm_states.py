@@ -16,9 +16,11 @@ def test_squeue_states_and_jobs_that_left_the_queue():
     w = SqueueWatcher(delay_s=60)
     for job in ("12_0", "12_1", "12_2", "13"):
         w.register_job(job)
-    info = w.read_info(b"12_0|RUNNING\n12_1|PENDING\n13|CANCELLED by 0\n99_1|RUNNING\n")
+    info = w.read_info(b"12_0|RUNNING\n12_1|CONFIGURING\n13|CANCELLED by 0\n99_1|RUNNING\n")
     assert {job: info[job]["State"] for job in ("12_0", "12_1", "12_2", "13")} == {
-        "12_0": "RUNNING", "12_1": "PENDING", "12_2": "GONE", "13": "CANCELLED"}
+        "12_0": "RUNNING", "12_1": "CONFIGURING", "12_2": "GONE", "13": "CANCELLED"}
+    w._info_dict.update(info)
+    assert [w.is_done(job, mode="cache") for job in ("12_0", "12_1", "12_2", "13")] == [False, False, True, True]
     assert "--array" in w._make_command() and "--states=all" in w._make_command()
 
 
