@@ -64,10 +64,10 @@ class SlurmCluster:
         self.root = Path(root)
         self.fast_requeue = fast_requeue
         self._stop = threading.Event()
-        self._popen: dict[str, subprocess.Popen] = {}
+        self._popen: dict[str, subprocess.Popen] = {}  # the daemons this object started, in order
+        self._logs: list = []
         self.cpus = cpus or os.cpu_count() or 1
         self.memory_mb = memory_mb
-        self.procs: dict[str, int] = {}  # daemon -> pid, of the ones this object started
         self.host = socket.gethostname().split(".")[0]
         self.conf = self.root / "slurm.conf"
 
@@ -128,22 +128,27 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
 
     def _start(self, name: str, *args: str) -> None:
         # -D: in the foreground, so that the pid is the daemon's own and stop() ends exactly it.
-        log = open(self.root / f"{name}.out", "wb")  # noqa: SIM115 - the daemon owns it
-        proc = subprocess.Popen([shutil.which(name, path=_PATH) or name, *args], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        self.procs[name] = proc.pid
-        self._popen[name] = proc
+        log = open(self.root / f"{name}.out", "wb")  # noqa: SIM115 - open while the daemon runs
+        self._logs.append(log)
+        self._popen[name] = subprocess.Popen([shutil.which(name, path=_PATH) or name, *args], env=self.env,
+                                             stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
 
     def start(self, timeout_s: float = 60) -> SlurmCluster:
-        """Start munge, the controller and the node; return once ``sinfo`` shows it idle."""
+        """Start munge, the controller and the node; return once ``sinfo`` shows it idle. If it
+        does not come up, whatever was started is stopped again and ``SlurmError`` says why."""
         self._write_config()
         m = self.root / "munge"
-        self._start("munged", "--foreground", "--force", f"--socket={m}/munge.socket", f"--key-file={m}/munge.key",
-                    f"--pid-file={m}/munged.pid", f"--log-file={m}/munged.log", f"--seed-file={m}/munged.seed")
-        self._wait(lambda: (m / "munge.socket").exists(), 10, "munged did not create its socket")
-        self._start("slurmctld", "-D", "-i", "-f", str(self.conf))
-        self._start("slurmd", "-D", "-f", str(self.conf), "-N", self.host)
-        self._wait(self.idle, timeout_s, "the node did not become idle")
+        try:
+            self._start("munged", "--foreground", "--force", f"--socket={m}/munge.socket",
+                        f"--key-file={m}/munge.key", f"--pid-file={m}/munged.pid", f"--log-file={m}/munged.log",
+                        f"--seed-file={m}/munged.seed")
+            self._wait(lambda: (m / "munge.socket").exists(), 10, "munged did not create its socket")
+            self._start("slurmctld", "-D", "-i", "-f", str(self.conf))
+            self._start("slurmd", "-D", "-f", str(self.conf), "-N", self.host)
+            self._wait(self.idle, timeout_s, "the node did not become idle")
+        except BaseException:
+            self.stop()
+            raise
         if self.fast_requeue:
             threading.Thread(target=self._release_requeued, daemon=True).start()
         return self
@@ -176,18 +181,16 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
         deadline = time.monotonic() + timeout_s
         while not ready():
             if time.monotonic() > deadline:
-                self.stop()
                 raise SlurmError(f"{what} in {timeout_s:.0f} s: {self._tail('slurmctld')} {self._tail('slurmd')}")
             time.sleep(0.3)
 
     def stop(self) -> None:
         """End the jobs still on the cluster and the daemons this object started (in reverse order)."""
         self._stop.set()
-        if "slurmctld" in self.procs:
+        if "slurmctld" in self._popen:
             subprocess.run(["scancel", "--full", "--user", str(os.geteuid())], env=self.env, capture_output=True,
                            timeout=30)
-        for name in reversed(list(self.procs)):
-            proc = self._popen[name]
+        for proc in reversed(list(self._popen.values())):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
                 try:
@@ -195,7 +198,10 @@ PartitionName=debug Nodes={self.host} Default=YES MaxTime=INFINITE State=UP
                 except subprocess.TimeoutExpired:
                     proc.kill()
                     proc.wait()
-        self.procs.clear()
+        self._popen.clear()
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
 
     def __enter__(self) -> SlurmCluster:
         return self.start()
