@@ -57,6 +57,24 @@ def unknown_group_option(overrides: list[str]) -> str | None:
     return None
 
 
+def logs_path(overrides: list[str]) -> Path | None:
+    """``paths.logs`` as these overrides set it (default ``results/logs`` under the working
+    directory); None for an interpolation, which only Hydra resolves."""
+    value = next((o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("paths.logs=")),
+                 "results/logs")
+    return None if "$" in value else Path(value).expanduser()
+
+
+def existing_part(path: Path | None) -> Path | None:
+    """The nearest folder at or above ``path`` that exists now."""
+    if path is None:
+        return None
+    probe = path.absolute()
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    return probe
+
+
 def unwritable_logs(overrides: list[str]) -> str | None:
     """One line when ``paths.logs`` (Hydra creates it before a run starts) cannot be created or
     written, checked on its nearest existing folder so that nothing is created here; Hydra
@@ -64,10 +82,8 @@ def unwritable_logs(overrides: list[str]) -> str | None:
     value = next((o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("paths.logs=")), None)
     if value is None or "$" in value:
         return None  # the default (results/logs under the working directory), or an interpolation
-    target = Path(value).expanduser()
-    probe = target
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
+    probe = existing_part(Path(value).expanduser())
+    assert probe is not None
     if probe.is_dir() and os.access(probe, os.W_OK | os.X_OK):
         return None
     why = "not a folder" if probe.exists() and not probe.is_dir() else "not writable"
@@ -128,6 +144,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
         from normbench import train
 
+        train.LOGS_KEPT_FROM = existing_part(logs_path(overrides))
         # Hydra's parser takes -m only before the overrides; accept it anywhere.
         flags = [a for a in rest if a in ("-m", "--multirun")]
         sys.argv = ["normbench train", *flags, *[a for a in rest if a not in flags]]

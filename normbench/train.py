@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
 import warnings
 from pathlib import Path
@@ -121,6 +122,30 @@ class SweepSummary(Callback):
         print(f"  curves: tensorboard --logdir {runs}\n  tables: normbench report {runs}")
 
 
+#: The nearest folder at or above ``paths.logs`` that existed before this command (set by
+#: ``normbench.cli``): what a config error may not remove.
+LOGS_KEPT_FROM: Path | None = None
+
+
+def _forget_run_logs() -> None:
+    """Remove the log folder Hydra made for this run before its config was found wrong, and the
+    folders above it that this command created: a config error leaves nothing behind."""
+    try:
+        out = Path(HydraConfig.get().runtime.output_dir).absolute()
+    except ValueError:  # not under Hydra
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    if LOGS_KEPT_FROM is None:
+        return
+    for parent in out.parents:
+        if parent == LOGS_KEPT_FROM or LOGS_KEPT_FROM not in parent.parents:
+            break
+        try:
+            parent.rmdir()  # only an empty folder: this command made it
+        except OSError:
+            break
+
+
 def _in_sweep() -> bool:
     try:
         return HydraConfig.get().mode == RunMode.MULTIRUN
@@ -139,6 +164,7 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         if _in_sweep():  # one bad job (a batch size too large for the data) does not stop the others
             SWEEP_ERRORS.append(str(err))
             return {"status": "error", "error": str(err)}
+        _forget_run_logs()
         raise SystemExit(2) from None
 
 

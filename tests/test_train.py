@@ -279,6 +279,18 @@ def test_cli_prints_one_line_and_exits_2(cifar_root, tmp_path):
     errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
     assert errors == ["error: norm.groups=3 is not valid for norm 'gn'; allowed: a divisor of the 32 channels at this site (site conv1)"]
     assert "Traceback" not in proc.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # not even Hydra's log folder is left
+
+
+def test_a_config_error_removes_only_the_log_folders_it_created(cifar_root, tmp_path):
+    logs = tmp_path / "logs"
+    (logs / "runs" / "an-earlier-run").mkdir(parents=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "normbench.cli", "train", "batch_size=100000", f"data.root={cifar_root}",
+         f"paths.runs={tmp_path / 'runs'}", f"paths.logs={logs}"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: batch_size=100000 is larger than the training")
+    assert [p.relative_to(tmp_path).as_posix() for p in sorted(tmp_path.rglob("*"))] == [
+        "logs", "logs/runs", "logs/runs/an-earlier-run"]
 
 
 def test_cli_sweep_runs_every_config_and_says_where(cifar_root, tmp_path):
