@@ -379,18 +379,44 @@ def _tables(summary: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
     return list(summary[summary.n > 0].groupby("table", sort=True))
 
 
+def _x_axis(s: pd.DataFrame) -> tuple[str, str]:
+    """What a table's panel plots against: the batch size, or, for a design that holds the SGD
+    batch fixed and varies the images behind each batch statistic (ghost batch BN,
+    ``norm.stat_batch``), the statistics batch. Column and axis label."""
+    stat = s.stat_batch.dropna() if "stat_batch" in s else pd.Series(dtype=float)
+    if s.batch_size.nunique() == 1 and stat.nunique() > 1:
+        return "stat_batch", f"statistics batch (images per batch statistic; SGD batch {int(s.batch_size.iloc[0])})"
+    return "batch_size", "batch size (images per step)"
+
+
+def _without_stat_batch(label: str) -> str:
+    """``bn · norm.stat_batch=4, optim.lr=0.1`` -> ``bn · optim.lr=0.1``; ``bn · norm.stat_batch=4`` -> ``bn``."""
+    tag, _, extras = label.partition(" · ")
+    kept = [e for e in extras.split(", ") if e and not e.startswith("norm.stat_batch=")]
+    return tag + (f" · {', '.join(kept)}" if kept else "")
+
+
 def _against_batch_size(summary: pd.DataFrame, out: Path, name: str, ylabel: str,
                         draw: Callable[[plt.Axes, pd.DataFrame, str, dict[str, str]], None]) -> None:
     """One panel per table (dataset, model, epochs), one line per row (setup without batch
-    size), log2 batch-size axis."""
+    size), log2 batch-size axis (or statistics-batch axis, ``_x_axis``). On a statistics-batch
+    axis a setup whose layers use no batch statistic (GN, none) has no x of its own: it is
+    drawn as a horizontal line at its value, across the axis."""
     groups = _tables(summary)
     fig, axes = plt.subplots(1, max(1, len(groups)), figsize=(5.5 * max(1, len(groups)), 4), squeeze=False)
     for ax, (table, s) in zip(axes[0], groups):
-        for i, label in enumerate(sorted(s.row_label.unique(), key=norm_sort_key)):
-            draw(ax, s[s.row_label == label].sort_values("batch_size"), label, _style(i))
+        x, xlabel = _x_axis(s)
+        xs = sorted(int(v) for v in s[x].dropna().unique())
+        # One line per setup but its x: on a statistics-batch axis, a label without its stat_batch.
+        line = s.row_label if x == "batch_size" else s.row_label.map(_without_stat_batch)
+        for i, label in enumerate(sorted(line.unique(), key=norm_sort_key)):
+            rows = s[line == label]
+            if x == "stat_batch" and rows.stat_batch.isna().all():
+                rows = pd.concat([rows] * 2).assign(stat_batch=[xs[0]] * len(rows) + [xs[-1]] * len(rows))
+            draw(ax, rows.sort_values(x).assign(x=lambda r: r[x]), label, _style(i))
         ax.set_xscale("log", base=2)
-        ax.set_xticks(sorted(s.batch_size.unique()), [str(b) for b in sorted(s.batch_size.unique())])
-        ax.set_xlabel("batch size (images per step)")
+        ax.set_xticks(xs, [str(b) for b in xs])
+        ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
         ax.set_title(table, fontsize=9)
         ax.grid(alpha=0.3)
@@ -401,14 +427,14 @@ def _against_batch_size(summary: pd.DataFrame, out: Path, name: str, ylabel: str
 def figure_error_vs_batch(summary: pd.DataFrame, out: Path) -> None:
     """Test error against batch size with std error bars over seeds (GN paper, Fig. 1)."""
     _against_batch_size(summary, out, "error_vs_batch", "test error (%)", lambda ax, r, label, style: ax.errorbar(
-        r.batch_size, 100 * (1 - r[f"{METRIC}_mean"]), yerr=100 * r[f"{METRIC}_std"].fillna(0),
+        r.x, 100 * (1 - r[f"{METRIC}_mean"]), yerr=100 * r[f"{METRIC}_std"].fillna(0),
         capsize=3, label=label, **style))
 
 
 def figure_speed(summary: pd.DataFrame, out: Path) -> None:
     """Training throughput per setup against batch size."""
     _against_batch_size(summary, out, "speed", "training images / s", lambda ax, r, label, style: ax.plot(
-        r.batch_size, r.train_images_per_s_mean, label=label, **style))
+        r.x, r.train_images_per_s_mean, label=label, **style))
 
 
 def figure_curves(df: pd.DataFrame, out: Path) -> None:

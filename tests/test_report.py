@@ -271,3 +271,27 @@ def test_pdfs_embed_truetype_fonts_not_type3(report_dir):
         pdf = (report_dir[1] / f"{name}.pdf").read_bytes()
         assert b"/FontType 3" not in pdf and b"/Subtype /Type3" not in pdf
         assert b"/Subtype /TrueType" in pdf or b"/Subtype /Type0" in pdf
+
+
+def test_a_ghost_batch_figure_plots_error_against_the_statistics_batch(tmp_path):
+    """All arms at SGD batch 32: BN is one line over its statistics batches, GN (no batch
+    statistic) a flat line across them, instead of every arm at x = 32."""
+    from normbench import report
+    from normbench.report import summarize
+
+    recs = (seeds("bn", 32, [0.60, 0.61], stat_batch=2) + seeds("bn", 32, [0.70, 0.71], stat_batch=8)
+            + seeds("bn", 32, [0.72, 0.73], stat_batch=32) + seeds("gn", 32, [0.65, 0.66]))
+    df, _ = load_records(write_runs(tmp_path / "runs", recs))
+    summary = summarize(setups.annotate(df)[0])
+    assert report._x_axis(summary) == ("stat_batch", "statistics batch (images per batch statistic; SGD batch 32)")
+    drawn: dict[str, list[float]] = {}
+
+    def draw(ax, r, label, style):
+        drawn[label] = list(r.x)
+        ax.plot(r.x, r.x, label=label)
+
+    report._against_batch_size(summary, tmp_path, "fig", "y", draw)
+    assert drawn == {"bn": [2, 8, 32], "gn": [2, 32]} and (tmp_path / "fig.png").exists()
+    # A batch-size study keeps its batch-size axis.
+    df, _ = load_records(write_runs(tmp_path / "bs", seeds("bn", 2, [0.5, 0.5]) + seeds("bn", 32, [0.7, 0.7])))
+    assert report._x_axis(summarize(setups.annotate(df)[0]))[0] == "batch_size"
