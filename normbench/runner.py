@@ -312,16 +312,31 @@ def _eval_loaders(c: dict[str, Any], splits: tuple, device: torch.device, fmt: t
 PRECISE_PASS = 1_000_000  # the data pass PreciseBN draws its training images from
 
 
-def _bn_eval(c: dict[str, Any], model: torch.nn.Module, splits: tuple, seed: int,
-             device: torch.device, fmt: torch.memory_format) -> dict[str, Any] | None:
+def _bn_eval(c: dict[str, Any], model: torch.nn.Module, splits: tuple, seed: int, device: torch.device,
+             fmt: torch.memory_format, precision: Any) -> dict[str, Any] | None:
     """The final weights evaluated with PreciseBN and with batch statistics (``normbench.bn_eval``),
-    for a network with batch-dependent norms; None for one without."""
+    for a network with batch-dependent norms; None for one without. ``precision`` is the
+    trainer's precision plug-in: the same autocast (``*-mixed``) or dtype (``*-true``) as the
+    run's own evaluation, so that the three accuracies differ only in their statistics. The
+    run is over and its record not yet written: an error here is said and recorded as null,
+    never a lost run."""
     b = bn_eval.stat_batch(model, c["batch_size"])
     if b is None:
         return None
+    try:
+        with precision.forward_context():  # a pack's member is rebuilt from its float32 template: convert it too
+            return _bn_eval_at(c, precision.convert_module(model), splits, seed, device, fmt,
+                               precision.convert_input, b)
+    except Exception as err:  # noqa: BLE001 - the trained run matters more than its extra evaluation
+        log.warning("bn_eval failed (%s: %s): the record's bn_eval is null", type(err).__name__, err)
+        return None
+
+
+def _bn_eval_at(c: dict[str, Any], model: torch.nn.Module, splits: tuple, seed: int, device: torch.device,
+                fmt: torch.memory_format, convert: Any, b: int) -> dict[str, Any]:
     test = _test_loader(c, splits, device, fmt)
     xs, ys = zip(*test)
-    images, labels = torch.cat(xs), torch.cat(ys)
+    images, labels = convert(torch.cat(xs)), torch.cat(ys)
     out: dict[str, Any] = {"stat_batch": b, "batch_acc": bn_eval.batch_stat_accuracy(model, images, labels, b),
                            "precise_acc": None, "precise_images": None}
     if bn_eval.precise_bn_supported(model):
@@ -332,7 +347,8 @@ def _bn_eval(c: dict[str, Any], model: torch.nn.Module, splits: tuple, seed: int
         train = datamod.DeviceLoader(train_x, train_y, c["batch_size"], mean, std, augment=c["data"]["augment"],
                                      shuffle=True, drop_last=True, seed=seed, device=device, memory_format=fmt)
         train.sampler.set_epoch(PRECISE_PASS)
-        net, seen = bn_eval.precise_bn(model, (x for x, _ in train), c.get("precise_bn_images", bn_eval.PRECISE_IMAGES))
+        net, seen = bn_eval.precise_bn(model, (convert(x) for x, _ in train),
+                                       c.get("precise_bn_images", bn_eval.PRECISE_IMAGES))
         out.update(precise_acc=bn_eval.accuracy(net, images, labels, c["data"]["eval_batch_size"]),
                    precise_images=seen)
     return out
@@ -457,7 +473,7 @@ def _train(m: Member, identity: DataIdentity, splits: tuple) -> dict[str, Any]:
         outcome = {"status": "failed", "error": f"{type(err).__name__}: {err}"}
         log.exception("%s failed", m.key)
     if outcome["status"] == "ok":
-        outcome["bn_eval"] = _bn_eval(c, m.model, splits, c["seed"], device, fmt)
+        outcome["bn_eval"] = _bn_eval(c, m.model, splits, c["seed"], device, fmt, trainer.precision_plugin)
     return _finish(m, module.history, t0, memory, **outcome)
 
 
@@ -527,6 +543,7 @@ def _train_pack(members: list[Member], identity: DataIdentity, splits: tuple) ->
             if outcome["status"] == "ok":
                 net = copy.deepcopy(packed.template).to(device)
                 net.load_state_dict(packed.member_state(i))
-                extra["bn_eval"] = _bn_eval(m.c, net.to(memory_format=fmt), splits, m.seed, device, fmt)
+                extra["bn_eval"] = _bn_eval(m.c, net.to(memory_format=fmt), splits, m.seed, device, fmt,
+                                            trainer.precision_plugin)
             finished[i] = _finish(m, module.histories[i], t0, memory, **outcome, **extra)
     return [finished[i] for i in range(k)]

@@ -85,3 +85,30 @@ def test_a_run_records_its_three_evaluations(quick):
     assert gn["stat_batch"] is None and gn["bn_eval"] is None
     brn = run(quick("norm=brn", "batch_size=16", "epochs=1"))
     assert brn["bn_eval"]["precise_acc"] is None and brn["bn_eval"]["batch_acc"] is not None
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-true", "bf16-mixed"])
+def test_bn_eval_runs_in_the_runs_own_precision(quick, precision):
+    """A `*-true` run's weights are float64 or bfloat16: evaluated with float32 images, bn_eval
+    raised after training and the run was lost. Now it evaluates as the run did."""
+    rec = run(quick("norm=bn", "batch_size=16", "epochs=1", "precise_bn_images=32", f"trainer.precision={precision}"))
+    assert rec["status"] == "ok" and rec["precision"] == precision
+    assert 0 <= rec["bn_eval"]["batch_acc"] <= 1 and 0 <= rec["bn_eval"]["precise_acc"] <= 1
+
+
+def test_packed_members_are_evaluated_in_the_packs_precision(quick):
+    out = run(quick("norm=bn", "batch_size=4", "epochs=1", "precise_bn_images=16", "trainer.precision=64-true",
+                    "trainer.pack_seeds=[0,1]"))
+    assert [r["status"] for r in out["runs"]] == ["ok", "ok"] and all(r["packed_with"] for r in out["runs"])
+    assert all(r["bn_eval"]["precise_images"] == 16 for r in out["runs"])
+
+
+def test_a_failing_extra_evaluation_never_loses_the_run(quick, monkeypatch, caplog):
+    def boom(*args, **kwargs):
+        raise RuntimeError("no memory left")
+
+    monkeypatch.setattr(bn_eval, "batch_stat_accuracy", boom)
+    with caplog.at_level("WARNING", logger="normbench"):
+        rec = run(quick("norm=bn", "batch_size=16", "epochs=1"))
+    assert rec["status"] == "ok" and rec["bn_eval"] is None and rec["history"]
+    assert "bn_eval failed (RuntimeError: no memory left): the record's bn_eval is null" in caplog.messages
