@@ -405,10 +405,18 @@ def bn_beats_lrn(study: Study, plan: Plan) -> Verdict:
     return _lrn_against(study, plan, "bn", lrn_first=False)
 
 
+def _under_budget(df: pd.DataFrame) -> bool:
+    """Whether these runs trained to a step or image budget, where a history row (and so
+    ``epochs_to_target``) is an evaluation period rather than a pass over the data."""
+    budgets = [((c or {}).get("budget") or {}) if isinstance(c, dict) else {} for c in df.get("config", [])]
+    return any(b.get("steps") is not None or b.get("images") is not None for b in budgets)
+
+
 def norm_reaches_target_sooner(study: Study, plan: Plan) -> Verdict:
     shared = study.batches("bn", "none")
     if not shared:
         raise Missing("no batch size has both bn and none runs")
+    unit = "evaluation periods" if _under_budget(study.df) else "epochs"
     tests, skipped = [], []
     for b in shared:
         runs, reached = {}, False
@@ -421,8 +429,9 @@ def norm_reaches_target_sooner(study: Study, plan: Plan) -> Verdict:
         if not reached:
             skipped.append(b)  # no run of either arm reached the target: nothing to compare
             continue
-        tests.append(Test(f"none - bn epochs to target at {study.at(b)}",
-                          Contrast.diff(f"none@{b}", runs["none"], f"bn@{b}", runs["bn"]), scale=1.0, unit=" epochs"))
+        tests.append(Test(f"none - bn {unit} to target at {study.at(b)}",
+                          Contrast.diff(f"none@{b}", runs["none"], f"bn@{b}", runs["bn"]), scale=1.0,
+                          unit=f" {unit.split()[-1]}"))
     note = f"at batch {', '.join(map(str, skipped))} no run of either arm reached the target" if skipped else ""
     if not tests:
         raise Missing(f"{note}: nothing to compare (a longer budget or a lower target_acc would tell)")
@@ -430,7 +439,8 @@ def norm_reaches_target_sooner(study: Study, plan: Plan) -> Verdict:
     if note:
         v.numbers.append(f"{note}, so those batches are left out")
     targets = ", ".join(f"{t:.0%}" for t in pd.to_numeric(study.df.target_acc, errors="coerce").dropna().unique())
-    v.why += f" (epochs to reach test accuracy {targets or 'unknown'})"
+    per = "; a period is an equal part of the step budget, ending with a test pass" if unit != "epochs" else ""
+    v.why += f" ({unit} to reach test accuracy {targets or 'unknown'}{per})"
     return v
 
 
@@ -526,7 +536,7 @@ CLAIMS: list[Claim] = [
 #: The columns the claims read: selecting rows of only these keeps a check fast (a record
 #: has ~60 columns, the history among them), which the calibration simulation relies on.
 COLUMNS = ["norm_tag", "batch_size", "stat_batch", "status", "setup_id", "row_label", "run_key", METRIC, "steps", "epochs",
-           "target_acc", "epochs_to_target"]
+           "target_acc", "epochs_to_target", "config"]
 
 
 def check(claim: Claim, runs: pd.DataFrame, plan: Plan) -> Verdict:

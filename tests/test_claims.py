@@ -282,3 +282,14 @@ def test_batches_where_no_run_reaches_the_target_are_left_out_not_called_noise()
     assert v.numbers[-1] == "at batch 2 no run of either arm reached the target, so those batches are left out"
     v = verdict(claims.norm_reaches_target_sooner, small)
     assert v.verdict == "inconclusive" and v.why.startswith("at batch 2 no run of either arm reached the target")
+
+
+def test_under_a_step_budget_time_to_target_is_counted_in_evaluation_periods():
+    recs = ([record("bn", 32, s, 0.70, to_target=t) for s, t in enumerate([2, 3, 2])]
+            + [record("none", 32, s, 0.65, to_target=t) for s, t in enumerate([5, 4, 5])])
+    for rec in recs:
+        rec["config"]["budget"] = {"steps": 3000, "images": None}
+    v = verdict(claims.norm_reaches_target_sooner, recs)
+    assert v.numbers[0].startswith("none - bn evaluation periods to target at batch 32: +2.33 periods")
+    assert v.why.endswith("(evaluation periods to reach test accuracy 60%; a period is an equal part of the step "
+                          "budget, ending with a test pass)")
