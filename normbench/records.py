@@ -172,7 +172,7 @@ def run_lock(run_dir: Path) -> Iterator[str | None]:
                 break
             except BlockingIOError:
                 if wait is None:  # held for longer than a look (``lock_holder``) takes: a run trains there
-                    yield os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+                    yield _holder(fd)
                     return
                 time.sleep(wait)
         os.ftruncate(fd, 0)
@@ -194,9 +194,14 @@ def lock_holder(run_dir: Path) -> str | None:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         return None
     except BlockingIOError:
-        return os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+        return _holder(fd)
     finally:
         os.close(fd)  # drops the shared lock, if taken
+
+
+def _holder(fd: int) -> str:
+    """The ``pid@host`` the lock's holder wrote into the lock file."""
+    return os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
 
 
 def write_record(run_dir: Path, record: Mapping[str, Any]) -> dict[str, Any]:

@@ -9,7 +9,9 @@ import logging
 import os
 import socket
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -19,22 +21,32 @@ from normbench.errors import ConfigError
 log = logging.getLogger("normbench")
 
 
-def resume_checkpoint(path: Path) -> str | None:
-    """``path`` when it is a checkpoint that loads with ``weights_only=True`` (tensors and plain
+@dataclass(frozen=True)
+class Resume:
+    """A checkpoint a run resumes from: its path, where it stands, and how many epochs
+    (history rows) it holds."""
+
+    path: str
+    step: tuple[Any, Any]  # (epoch, global_step): members of a pack resume together only at the same step
+    epochs_done: int
+
+
+def resume_checkpoint(path: Path) -> Resume | None:
+    """The checkpoint at ``path`` when it loads with ``weights_only=True`` (tensors and plain
     containers only: a checkpoint is untrusted input, and a full unpickle would run whatever
     it names). Anything else is moved aside as ``last.ckpt.bad-<time>``, said in one line,
-    and the run starts over."""
+    and the run starts over (None)."""
     if not path.is_file():
         return None
     try:
-        torch.load(path, map_location="cpu", weights_only=True)
+        ck = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001 - any checkpoint that cannot be loaded safely means: start over
         aside = path.with_name(f"{path.name}.bad-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}")
         path.replace(aside)
         log.warning("%s cannot be loaded safely (%s): moved aside to %s; starting this run from scratch", path,
                     type(err).__name__, aside.name)
         return None
-    return str(path)
+    return Resume(str(path), (ck.get("epoch"), ck.get("global_step")), len(ck.get("normbench_history", [])))
 
 
 def make_run_dir(runs: Path, key: str) -> Path:

@@ -37,7 +37,7 @@ import normbench
 from normbench import bn_eval
 from normbench import data as datamod
 from normbench.budget import period_steps
-from normbench.checkpoints import AtomicCheckpointIO, PackCheckpointIO, load_trusted_shape
+from normbench.checkpoints import AtomicCheckpointIO, PackCheckpointIO
 from normbench.checks import check_batch_fits, check_config, steps_per_call
 from normbench.derived import derive
 from normbench.environment import PeakMemory, cpu_threads, device_name, git_rev, now
@@ -62,7 +62,7 @@ from normbench.records import (
     write_record,
     write_text_atomic,
 )
-from normbench.rundir import make_run_dir, read_attempts, resume_checkpoint, start_attempt
+from normbench.rundir import Resume, make_run_dir, read_attempts, resume_checkpoint, start_attempt
 from normbench.splits import data_identity, prepare_data, validation_split
 
 log = logging.getLogger("normbench")
@@ -91,12 +91,17 @@ class Member:
     key: str
     run_dir: Path | None = None
     model: Net | None = None
-    checkpoint: str | None = None
+    resume: Resume | None = None
     record: dict[str, Any] = field(default_factory=dict)
 
     @property
     def seed(self) -> int:
         return self.c["seed"]
+
+    @property
+    def checkpoint(self) -> str | None:
+        """The checkpoint to resume from, for Lightning's ``ckpt_path`` (None: from scratch)."""
+        return self.resume.path if self.resume else None
 
     @property
     def ckpt(self) -> Path:
@@ -125,7 +130,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     member = _member(c, identity)
     previous = read_record(Path(c["paths"]["runs"]) / member.key)
     if previous and previous.get("status") in FINISHED:
-        return _skip(previous)
+        return skip_finished(previous)
     _threads(c)
     # Data, batch size and model are checked before the runs folder is touched: a bad
     # config leaves nothing behind. The seed comes first: it fixes the model's initial weights.
@@ -138,8 +143,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             return {"run_key": member.key, "status": "running elsewhere"}
         previous = read_record(member.run_dir)  # it may have finished while we waited to get here
         if previous and previous.get("status") in FINISHED:
-            return _skip(previous)
-        member.checkpoint = resume_checkpoint(member.ckpt)
+            return skip_finished(previous)
+        member.resume = resume_checkpoint(member.ckpt)
         return _train(member, identity, splits)
 
 
@@ -151,7 +156,7 @@ def run_pack(c: dict[str, Any], identity: DataIdentity, seeds: list[int]) -> dic
         m = _member(member_config(c, seed), identity)
         previous = read_record(runs / m.key)
         if previous and previous.get("status") in FINISHED:
-            records.append(_skip(previous))
+            records.append(skip_finished(previous))
         else:
             members.append(m)
     if not members:
@@ -172,9 +177,9 @@ def run_pack(c: dict[str, Any], identity: DataIdentity, seeds: list[int]) -> dic
                 log.info("skip %s: running in another process (%s)", m.key, holder)
                 records.append({"run_key": m.key, "status": "running elsewhere"})
             elif previous and previous.get("status") in FINISHED:
-                records.append(_skip(previous))
+                records.append(skip_finished(previous))
             else:
-                m.checkpoint = resume_checkpoint(m.ckpt)
+                m.resume = resume_checkpoint(m.ckpt)
                 todo.append(m)
         if len(todo) < 2 or not members_packable:
             records += [_train(m, identity, splits) for m in todo]
@@ -182,7 +187,7 @@ def run_pack(c: dict[str, Any], identity: DataIdentity, seeds: list[int]) -> dic
         # Members resume together only from checkpoints of the same step.
         groups: dict[tuple, list[Member]] = {}
         for m in todo:
-            groups.setdefault(_checkpoint_step(m), []).append(m)
+            groups.setdefault(m.resume.step if m.resume else (0, 0), []).append(m)
         for group in groups.values():
             if len(group) == 1:
                 records.append(_train(group[0], identity, splits))
@@ -199,7 +204,8 @@ def _member(c: dict[str, Any], identity: DataIdentity) -> Member:
     return Member(c=c, experiment=experiment, key=run_key(experiment))
 
 
-def _skip(previous: dict[str, Any]) -> dict[str, Any]:
+def skip_finished(previous: dict[str, Any]) -> dict[str, Any]:
+    """Say that a run is skipped because its record says it finished; return that record."""
     log.info("skip %s: already finished (%s, test_acc %s)", previous.get("run_key"), previous.get("status"),
              derive(previous.get("history") or [])["test_acc"])
     return previous
@@ -229,13 +235,6 @@ def _packable(c: dict[str, Any], members: list[Member]) -> bool:
     log.info("%d runs of norm %s train one after the other, not packed: %s", len(members),
              norm_tag(members[0].experiment["norm"]), reason)
     return False
-
-
-def _checkpoint_step(m: Member) -> tuple:
-    if not m.checkpoint:
-        return (0, 0)
-    ck = load_trusted_shape(Path(m.checkpoint))
-    return (ck.get("epoch"), ck.get("global_step"))
 
 
 def _trainer(c: dict[str, Any], ckpt_dir: Path, logger: Any, plugins: list[Any], label: str) -> L.Trainer:
@@ -387,8 +386,7 @@ def _start(m: Member) -> tuple[TensorBoardLogger, int]:
     assert m.run_dir is not None
     (m.run_dir / INTERRUPTED).unlink(missing_ok=True)  # a relaunch resumes it
     write_text_atomic(m.run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(m.c), resolve=True))
-    done = len(load_trusted_shape(Path(m.checkpoint)).get("normbench_history", [])) if m.checkpoint else 0
-    attempt = start_attempt(m.run_dir, from_epoch=done)
+    attempt = start_attempt(m.run_dir, from_epoch=m.resume.epochs_done if m.resume else 0)
     return TensorBoardLogger(save_dir=str(m.run_dir), name="tb", version="", default_hp_metric=False), attempt
 
 

@@ -107,6 +107,22 @@ def run_dir_of(raw: Mapping[str, Any], read_data: bool = True) -> Path | None:
         return None
 
 
+def finished_record(raw: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The record of this sweep job's run when it has finished (``ok`` or ``diverged``: a launch
+    would only skip it), said as a skip; else None. Never reads data: the launching process
+    must not download any (an uncached fingerprint means "launch it")."""
+    from normbench.records import FINISHED, read_record
+    from normbench.runner import skip_finished
+
+    run_dir = run_dir_of(raw, read_data=False)
+    record = read_record(run_dir) if run_dir else None
+    return skip_finished(record) if record and record.get("status") in FINISHED else None
+
+
+#: What ``status_of`` says of a run that has no record yet but is not being trained elsewhere.
+UNFINISHED = ("interrupted", "not finished")
+
+
 def status_of(run_dir: Path) -> str:
     """What a run directory says of its run: its record's status (``ok``, ``diverged``,
     ``failed``), or without a record ``running elsewhere`` (another launch holds its lock),

@@ -77,8 +77,6 @@ SWEEP_ERRORS: list[str] = []
 #: that ended without finishing (``normbench train`` exits 1 if any; a relaunch finishes them).
 SWEEP_UNFINISHED: list[str] = []
 
-UNFINISHED = ("interrupted", "not finished")
-
 
 class SweepSummary(Callback):
     """Hydra callback: after a sweep, count its runs (a packed job holds several) and say
@@ -115,6 +113,8 @@ class SweepSummary(Callback):
         print(f"\nSweep done: {len(statuses)} runs ({counts}) under {runs}")
         for error in dict.fromkeys(self.errors):
             print(f"  error: {error}")
+        from normbench.sweep import UNFINISHED
+
         SWEEP_UNFINISHED[:] = [s for s in statuses if s in UNFINISHED]
         if SWEEP_UNFINISHED:
             print(f"  {len(SWEEP_UNFINISHED)} runs did not finish: launch the same command again to finish them "

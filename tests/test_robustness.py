@@ -44,6 +44,17 @@ def wait_for(predicate, timeout: float = 120.0, proc: subprocess.Popen | None = 
     raise AssertionError("timed out")
 
 
+def start_until_epoch_2(cmd: list[str], tmp: Path) -> subprocess.Popen:
+    """Start a training run and return once it is into its second epoch (its first checkpoint
+    written). A shell's background job (`pytest &`) starts with SIGINT ignored, and children
+    inherit that: the run gets the default handling that a terminal's Ctrl-C meets."""
+    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    wait_for(lambda: any((tmp / "runs").rglob("last.ckpt")), proc=proc)
+    time.sleep(0.3)  # into epoch 2
+    return proc
+
+
 # --- crash safety ----------------------------------------------------------------------------
 
 
@@ -61,13 +72,7 @@ def test_sweep_killed_during_setup_then_relaunched_finishes_every_run(cifar_root
 
 def test_run_killed_mid_epoch_resumes_from_its_checkpoint(cifar_root, tmp_path):
     cmd = train_cmd(cifar_root, tmp_path, "norm=bn", "epochs=3", "batch_size=8")
-    # A shell's background job (`pytest &`) starts with SIGINT ignored, and its children inherit
-    # that: give the run the default handling that a terminal's Ctrl-C meets.
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    ckpt = []
-    wait_for(lambda: ckpt.extend((tmp_path / "runs").rglob("last.ckpt")) or bool(ckpt), proc=proc)
-    time.sleep(0.3)  # into epoch 2
+    proc = start_until_epoch_2(cmd, tmp_path)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not list((tmp_path / "runs").rglob("record.json")), "a killed run must not claim to be finished"
@@ -399,13 +404,7 @@ def test_docs_config_lists_every_key_as_the_schema_says():
 @pytest.mark.parametrize(("signum", "status"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_ends_the_run_with_an_honest_status_and_relaunch_resumes(cifar_root, tmp_path, signum, status):
     cmd = train_cmd(cifar_root, tmp_path, "norm=bn", "epochs=3", "batch_size=8")
-    # A shell's background job (`pytest &`) starts with SIGINT ignored, and its children inherit
-    # that: give the run the default handling that a terminal's Ctrl-C meets.
-    proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    ckpt = []
-    wait_for(lambda: ckpt.extend((tmp_path / "runs").rglob("last.ckpt")) or bool(ckpt), proc=proc)
-    time.sleep(0.3)  # into epoch 2
+    proc = start_until_epoch_2(cmd, tmp_path)
     proc.send_signal(signum)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == status, out[-2000:]

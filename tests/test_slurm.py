@@ -54,7 +54,8 @@ def train(cluster: SlurmCluster, data: Path, tmp: Path, *overrides: str, slurm: 
 
 
 def records(runs: Path) -> dict[str, dict]:
-    return {json.loads(p.read_text())["run_key"]: json.loads(p.read_text()) for p in sorted(runs.rglob("record.json"))}
+    found = [json.loads(p.read_text()) for p in sorted(runs.rglob("record.json"))]
+    return {r["run_key"]: r for r in found}
 
 
 def numbers(record: dict) -> list[dict]:

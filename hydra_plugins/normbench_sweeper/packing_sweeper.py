@@ -38,8 +38,7 @@ class PackingSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         from normbench import sweep as sweep_mod
-        from normbench.records import FINISHED, read_record
-        from normbench.sweep import plan_packs, run_dir_of
+        from normbench.sweep import finished_record, plan_packs
 
         assert self.config is not None and self.launcher is not None and self.hydra_context is not None
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
@@ -48,14 +47,7 @@ class PackingSweeper(BasicSweeper):
         tic = time.perf_counter()
         configs = self._configs(jobs)
         sweep_mod.SWEPT[:] = configs
-        todo = []
-        for i, c in enumerate(configs):
-            run_dir = run_dir_of(c, read_data=False)  # the launching process never downloads data
-            record = read_record(run_dir) if run_dir else None
-            if record and record.get("status") in FINISHED:
-                log.info("skip %s: already finished (%s)", record.get("run_key"), record.get("status"))
-            else:
-                todo.append(i)
+        todo = [i for i, c in enumerate(configs) if not finished_record(c)]
         if len(todo) < len(jobs):
             log.info("%d of %d runs already finished: not launched again", len(jobs) - len(todo), len(jobs))
         jobs, configs = [jobs[i] for i in todo], [configs[i] for i in todo]
