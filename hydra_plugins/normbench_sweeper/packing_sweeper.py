@@ -18,6 +18,7 @@ from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
 log = logging.getLogger("normbench")
@@ -65,11 +66,12 @@ class PackingSweeper(BasicSweeper):
         while not self.is_done():
             batch = self.get_job_batch()
             results = self.launcher.launch(batch, initial_job_idx=initial_job_idx)
-            for r in results:
-                try:
-                    _ = r.return_value  # a failed job is in the summary; the sweep goes on
-                except Exception as err:  # noqa: BLE001
-                    # A plain RuntimeError carries a sentence of its own (normbench.slurm.outcomes).
+            for r in results:  # a failed job is in the summary; the sweep goes on
+                if r.status == JobStatus.FAILED:
+                    # Read directly: JobReturn.return_value would also print Hydra's own
+                    # "Error executing job with overrides" line. A plain RuntimeError carries a
+                    # sentence of its own (normbench.slurm.outcomes).
+                    err = r._return_value
                     said = err if type(err) is RuntimeError else f"{type(err).__name__}: {err}"
                     log.error("job %s: %s", " ".join(r.overrides or []), said)
             initial_job_idx += len(batch)
