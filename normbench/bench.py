@@ -156,9 +156,14 @@ def main(argv: list[str] | None = None) -> int:
     console = Console(width=None if sys.stdout.isatty() else 120)
     device = "cuda" if args.accelerator != "cpu" and torch.cuda.is_available() else "cpu"
     from normbench.environment import device_name
+    from normbench.host_memory import keep_freed_memory
 
     where = device_name(torch.device(device))
-    console.print(f"normbench bench: {where}; torch {torch.__version__}; {args.epochs - 1} timed epochs of "
+    # Both paths in one process: set before either runs (normbench's runner sets it too), so
+    # the plain loop gets the same allocator behaviour as the runs it is compared with.
+    malloc = keep_freed_memory()
+    console.print(f"normbench bench: {where}; torch {torch.__version__}; freed host memory: {malloc}; "
+                  f"{args.epochs - 1} timed epochs of "
                   f"{args.steps or '3200/batch'} steps, {args.repeats} alternations")
     rows = []
     with tempfile.TemporaryDirectory(prefix="normbench-bench-") as tmp:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from normbench.bench import write_rows
 from normbench.data import DeviceLoader
+from normbench.host_memory import keep_freed_memory
 from normbench.models import build_model
 from normbench.optim import build_optimizer
 from normbench.pack import pack_net, packed_input, packed_loss
@@ -113,9 +114,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = ap.parse_args(argv)
     device, norm = torch.device(args.device), {"name": args.norm}
+    malloc = keep_freed_memory()  # as normbench's runs do (normbench/host_memory.py); both arms share it
     where = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU, {torch.get_num_threads()} threads"
     print(f"normbench bench --pack: convnet, norm {args.norm}, {args.steps} steps per member, {args.repeats} repeats "
-          f"({where}, torch {torch.__version__})", flush=True)
+          f"({where}, torch {torch.__version__}, freed host memory: {malloc})", flush=True)
     rows = []
     for batch in args.batch_sizes:
         for k in args.ks:

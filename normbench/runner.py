@@ -43,6 +43,7 @@ from normbench.derived import derive
 from normbench.environment import PeakMemory, cpu_threads, device_name, git_rev, now
 from normbench.errors import NormbenchError
 from normbench.fingerprint import DataIdentity
+from normbench.host_memory import keep_freed_memory
 from normbench.models import Net, build_model
 from normbench.module import Diverged, NormbenchModule
 from normbench.norms import resolved_params
@@ -131,7 +132,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     previous = read_record(Path(c["paths"]["runs"]) / member.key)
     if previous and previous.get("status") in FINISHED:
         return skip_finished(previous)
-    _threads(c)
+    _process_settings(c)
     # Data, batch size and model are checked before the runs folder is touched: a bad
     # config leaves nothing behind. The seed comes first: it fixes the model's initial weights.
     splits = prepare_data(c)
@@ -161,7 +162,7 @@ def run_pack(c: dict[str, Any], identity: DataIdentity, seeds: list[int]) -> dic
             members.append(m)
     if not members:
         return {"status": "pack", "runs": records}
-    _threads(c)
+    _process_settings(c)
     splits = prepare_data(c)
     for m in members:
         m.model = _seeded_model(m.c, m, splits[0])
@@ -211,10 +212,13 @@ def skip_finished(previous: dict[str, Any]) -> dict[str, Any]:
     return previous
 
 
-def _threads(c: dict[str, Any]) -> None:
+def _process_settings(c: dict[str, Any]) -> None:
+    """torch's CPU threads (``trainer.threads``) and malloc's keeping of freed memory
+    (``normbench.host_memory``): settings of the process, made before it trains."""
     threads = cpu_threads(c["trainer"].get("threads"))
     if threads:
         torch.set_num_threads(threads)
+    keep_freed_memory()
 
 
 def _seeded_model(c: dict[str, Any], m: Member, ds: datamod.Dataset) -> Net:

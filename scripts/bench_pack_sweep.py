@@ -4,13 +4,17 @@ time (``trainer.pack=1``): what a user waits for, start-up, test passes and chec
     python scripts/bench_pack_sweep.py --data-root /path/with/cifar-10-batches-py [--norm bn]
 
 Each variant runs ``--repeats`` times, alternating, into fresh folders; the ratio is the median
-of the per-repeat ratios. Numbers go to stdout and ``--csv``.
+of the per-repeat ratios. Numbers go to stdout and ``--csv``. Both variants get ``--threads``
+torch threads (default: every core): left to ``trainer.threads=null``, a sweep would take the
+cores left idle by the load average, which the previous variant has just raised, so the two
+would run with different thread counts.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import os
 import statistics
 import subprocess
 import sys
@@ -19,11 +23,12 @@ import time
 from pathlib import Path
 
 
-def sweep(root: str, runs: Path, norm: str, seeds: int, epochs: int, train_size: int, pack: str) -> float:
+def sweep(root: str, runs: Path, norm: str, seeds: int, epochs: int, train_size: int, pack: str,
+          threads: int) -> float:
     cmd = [sys.executable, "-m", "normbench.cli", "train", "-m", f"norm={norm}", "batch_size=2",
            f"seed={','.join(map(str, range(seeds)))}", f"epochs={epochs}", f"data.train_size={train_size}",
            f"data.root={root}", "data.download=false", f"paths.runs={runs}", f"paths.logs={runs}/logs",
-           "trainer.progress=none", f"trainer.pack={pack}"]
+           "trainer.progress=none", f"trainer.pack={pack}", f"trainer.threads={threads}"]
     t0 = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True)
     seconds = time.perf_counter() - t0
@@ -40,6 +45,8 @@ def main() -> int:
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--train-size", type=int, default=2048)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)),
+                    help="torch threads of every sweep (default: this process's cores)")
     ap.add_argument("--csv", default="results/bench/pack_sweep.csv")
     args = ap.parse_args()
     rows = []
@@ -48,8 +55,8 @@ def main() -> int:
             times = {}
             for pack in ("1", "auto"):
                 times[pack] = sweep(args.data_root, Path(tmp) / f"{pack}-{r}", args.norm, args.seeds, args.epochs,
-                                    args.train_size, pack)
-            rows.append({"repeat": r, "norm": args.norm, "seeds": args.seeds, "epochs": args.epochs,
+                                    args.train_size, pack, args.threads)
+            rows.append({"repeat": r, "norm": args.norm, "seeds": args.seeds, "epochs": args.epochs, "threads": args.threads,
                          "train_size": args.train_size, "alone_s": times["1"], "packed_s": times["auto"],
                          "speedup": times["1"] / times["auto"]})
             print(f"repeat {r}: one at a time {times['1']:.1f} s, packed {times['auto']:.1f} s, "
