@@ -13,6 +13,12 @@
 3. The overhead benchmark (``normbench.bench``): normbench vs a plain PyTorch loop, fp32.
 4. ``--parts norms``: every newer norm (normbench/configs/norm) for one epoch at batch 32 in bf16-mixed
    with channels_last, then with cuda_graphs: that each runs on the GPU, and at what speed.
+5. ``--parts pack``: packing on the GPU. A pack of 4 seeds (bn, batch 2, fp32 and bf16-mixed with
+   channels_last; 128 steps) through ``normbench.train.run``: every member must end ``ok``, and in
+   fp32 its test accuracy must equal the same seed run alone within 5 test images, as
+   ``tests/test_packed_runs.py`` asks on the CPU. Then the packing
+   benchmark (``normbench.bench_pack``) at batch 2, 8 and 32 with K = 1, 4 and 16 (issue #11's
+   GPU target: K = 16 at batch 2 >= 8x). Packs do not capture CUDA graphs yet.
 
 Writes ``gpu_runs.csv`` and ``overhead.csv`` under ``--out`` and prints both tables. Each part
 checks the remaining budget first and says what it skipped.
@@ -76,6 +82,56 @@ def newer_norm_runs(data_root: str, runs: Path, deadline: float, modes: tuple[bo
     return rows
 
 
+def pack_runs(data_root: str, runs: Path, accelerator: str = "gpu") -> list[dict]:
+    """A pack of 4 seeds in each mode, and in fp32 each seed alone: rows per member."""
+    from normbench.derived import derive
+
+    seeds = [0, 1, 2, 3]
+    rows = []
+    for mode, pack in (("fp32", True), ("fp32", False), ("bf16+cl", True)):
+        if accelerator != "gpu" and mode != "fp32":
+            continue
+        base = ["norm=bn", "batch_size=2", "epochs=1", "data.train_size=256", f"data.root={data_root}",
+                "data.download=false", "trainer.progress=none", f"trainer.accelerator={accelerator}", *MODES[mode]]
+        where = runs / f"{mode}-{'packed' if pack else 'alone'}"
+        if pack:
+            rec, wall = _run_one([*base, f"paths.runs={where}", f"trainer.pack_seeds={seeds}"])
+            records = rec.get("runs") or [rec]
+        else:
+            records, wall = [], 0.0
+            for seed in seeds:
+                rec, w = _run_one([*base, f"paths.runs={where}", f"seed={seed}"])
+                records.append(rec)
+                wall += w
+        for rec in records:
+            d = derive(rec.get("history") or [])
+            rows.append({"mode": mode, "packed": pack, "seed": rec.get("seed"), "status": rec["status"],
+                         "packed_with": len(rec.get("packed_with") or []), "test_acc": d["test_acc"],
+                         "test_images": rec.get("test_images"), "images_per_s": d["train_images_per_s"],
+                         "wall_s": wall, "error": rec.get("error")})
+            r = rows[-1]
+            print(f"{mode:>8} {'packed' if pack else 'alone':<6} seed {r['seed']} {r['status']:<8} "
+                  f"acc {r['test_acc'] or 0:.4f}  {r['images_per_s'] or 0:7.0f} img/s  {r['error'] or ''}", flush=True)
+    return rows
+
+
+def pack_problems(rows: list[dict]) -> list[str]:
+    """What is wrong with ``pack_runs``' rows: a member not ``ok``, a packed member without
+    its siblings, or an fp32 member whose test accuracy is not its alone run's (5 images)."""
+    problems = [f"{r['mode']} {'packed' if r['packed'] else 'alone'} seed {r['seed']}: {r['status']} {r['error']}"
+                for r in rows if r["status"] != "ok"]
+    problems += [f"{r['mode']} seed {r['seed']}: packed with {r['packed_with']} runs, not 3"
+                 for r in rows if r["packed"] and r["status"] == "ok" and r["packed_with"] != 3]
+    alone = {r["seed"]: r for r in rows if r["mode"] == "fp32" and not r["packed"] and r["status"] == "ok"}
+    for r in rows:
+        if r["mode"] == "fp32" and r["packed"] and r["seed"] in alone and r["test_acc"] is not None:
+            images = abs(r["test_acc"] - alone[r["seed"]]["test_acc"]) * r["test_images"]
+            if images > 5 + 1e-6:
+                problems.append(f"fp32 seed {r['seed']}: packed test accuracy differs from alone by "
+                                f"{images:.0f} test images")
+    return problems
+
+
 def gpu_runs(data_root: str, runs: Path, deadline: float, accelerator: str = "gpu") -> list[dict]:
     from hydra import compose, initialize_config_dir
 
@@ -114,7 +170,7 @@ def main() -> int:
     ap.add_argument("--data-root", required=True, help="a folder holding cifar-10-batches-py/")
     ap.add_argument("--out", default="results/bench", help="where the CSV files go")
     ap.add_argument("--budget-s", type=float, default=480, help="stop starting new parts after this many seconds")
-    ap.add_argument("--parts", nargs="+", default=["path", "bench"], choices=["path", "bench", "norms"],
+    ap.add_argument("--parts", nargs="+", default=["path", "bench"], choices=["path", "bench", "norms", "pack"],
                     help="what to run (default: path bench)")
     ap.add_argument("--graphs-only", action="store_true", help="norms: only the cuda_graphs mode")
     args = ap.parse_args()
@@ -130,6 +186,20 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"GPU: {torch.cuda.get_device_name(0)}; torch {torch.__version__}", flush=True)
+    if "pack" in args.parts:
+        with tempfile.TemporaryDirectory(prefix="normbench-gpu-") as tmp:
+            rows = pack_runs(args.data_root, Path(tmp))
+        _write(rows, out / "gpu_pack_runs.csv")
+        problems = pack_problems(rows)
+        print(f"packs on the GPU: {'ok' if not problems else 'FAILED'}", flush=True)
+        for p in problems:
+            print(f"  {p}", flush=True)
+        from normbench.bench_pack import main as bench_pack_main
+
+        bench_pack_main(["--batch-sizes", "2", "8", "32", "--ks", "1", "4", "16", "--steps", "30", "--repeats", "2",
+                         "--csv", str(out / "gpu_pack.csv")])
+        if not ({"path", "norms"} & set(args.parts)):
+            return 1 if problems else 0
     if "norms" in args.parts:
         with tempfile.TemporaryDirectory(prefix="normbench-gpu-") as tmp:
             rows = newer_norm_runs(args.data_root, Path(tmp), start + args.budget_s,
@@ -162,6 +232,13 @@ def main() -> int:
     bench_main(["--repeats", "2", "--data-root", args.data_root, "--csv", str(out / "overhead.csv")])
     print(f"total {time.monotonic() - start:.0f} s", flush=True)
     return 1 if bad else 0
+
+
+def _write(rows: list[dict], path: Path) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 if __name__ == "__main__":
