@@ -20,7 +20,8 @@
    benchmark (``normbench.bench_pack``) at batch 2, 8 and 32 with K = 1, 4 and 16 (issue #11's
    GPU target: K = 16 at batch 2 >= 8x). Packs do not capture CUDA graphs yet.
 
-Writes ``gpu_runs.csv`` and ``overhead.csv`` under ``--out`` and prints both tables. Each part
+Writes ``gpu_runs.csv`` and ``overhead.csv`` (and ``gpu_newer_norms.csv``, ``gpu_pack_runs.csv``
+and ``gpu_pack.csv`` for those parts) under ``--out`` and prints the tables. Each part
 checks the remaining budget first and says what it skipped.
 """
 
@@ -204,10 +205,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory(prefix="normbench-gpu-") as tmp:
             rows = newer_norm_runs(args.data_root, Path(tmp), start + args.budget_s,
                                    (True,) if args.graphs_only else (False, True))
-        with open(out / "gpu_newer_norms.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        _write(rows, out / "gpu_newer_norms.csv")
         bad = [r for r in rows if r["status"] != "ok"]
         print(f"newer norms on the GPU: {len(rows) - len(bad)}/{len(rows)} runs ok", flush=True)
         if "path" not in args.parts:
@@ -215,10 +213,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="normbench-gpu-") as tmp:
         rows = gpu_runs(args.data_root, Path(tmp), start + args.budget_s * 0.5)
     if rows:
-        with open(out / "gpu_runs.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-            writer.writeheader()
-            writer.writerows(rows)
+        _write(rows, out / "gpu_runs.csv")
     bad = [r for r in rows if r["status"] != "ok" or r["peak_mem_kind"] != "cuda_max_allocated"]
     print(f"GPU path: {len(rows) - len(bad)}/{len(rows)} runs ok with a per-run CUDA peak", flush=True)
     for r in bad:
