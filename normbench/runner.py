@@ -390,8 +390,15 @@ def _start(m: Member) -> tuple[TensorBoardLogger, int]:
     assert m.run_dir is not None
     (m.run_dir / INTERRUPTED).unlink(missing_ok=True)  # a relaunch resumes it
     write_text_atomic(m.run_dir / CONFIG, OmegaConf.to_yaml(OmegaConf.create(m.c), resolve=True))
-    attempt = start_attempt(m.run_dir, from_epoch=m.resume.epochs_done if m.resume else 0)
-    return TensorBoardLogger(save_dir=str(m.run_dir), name="tb", version="", default_hp_metric=False), attempt
+    from_epoch = m.resume.epochs_done if m.resume else 0
+    attempt = start_attempt(m.run_dir, from_epoch=from_epoch)
+    # A launch killed after logging an epoch but before checkpointing it left that epoch in
+    # TensorBoard, and this launch trains it again. TensorBoard's purge marker (SummaryWriter's
+    # purge_step) hides every earlier event from the first epoch this launch logs on, so each
+    # epoch shows once, with the values the record holds.
+    purge = {"purge_step": from_epoch + 1} if attempt > 1 else {}
+    return TensorBoardLogger(save_dir=str(m.run_dir), name="tb", version="", default_hp_metric=False,
+                             **purge), attempt
 
 
 def _record(m: Member, identity: DataIdentity, trainer: L.Trainer, lr: float) -> dict[str, Any]:

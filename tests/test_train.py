@@ -401,3 +401,35 @@ def test_default_threads_are_the_cores_other_processes_leave_idle(monkeypatch):
         assert environment.cpu_threads(None) == threads
     assert environment.cpu_threads(3) == 3  # trainer.threads overrides
     environment.idle_cores.cache_clear()
+
+
+def _tensorboard_scalars(tb_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """(step, value) of ``tag`` as TensorBoard shows it: its own reader, which applies purges."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir))
+    acc.Reload()
+    return [(e.step, e.value) for e in acc.Scalars(tag)]
+
+
+def test_an_epoch_logged_but_not_checkpointed_shows_once_in_tensorboard(quick, monkeypatch):
+    """Killed after logging epoch 2 but before checkpointing it, a run trains epoch 2 again
+    when relaunched; TensorBoard must show that epoch once, with the values the record has."""
+    original = module_mod.NormbenchModule.on_save_checkpoint
+
+    def crash_saving_epoch_two(self, checkpoint):
+        if self.current_epoch == 1:
+            raise Interrupt()
+        original(self, checkpoint)
+
+    cfg = quick("norm=bn", "epochs=3")
+    monkeypatch.setattr(module_mod.NormbenchModule, "on_save_checkpoint", crash_saving_epoch_two)
+    with pytest.raises(Interrupt):
+        run(cfg)
+    monkeypatch.setattr(module_mod.NormbenchModule, "on_save_checkpoint", original)
+    rec = run(cfg)
+    assert rec["status"] == "ok" and [a["from_epoch"] for a in rec["attempts"]] == [0, 1]
+    run_dir = Path(cfg.paths.runs) / rec["run_key"]
+    assert len(list((run_dir / "tb").glob("events.out.tfevents.*"))) == 2  # epoch 2 was logged by both launches
+    shown = _tensorboard_scalars(run_dir / "tb", "accuracy/test")
+    assert shown == [(h["epoch"], pytest.approx(h["test_acc"])) for h in rec["history"]]
