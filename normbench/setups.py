@@ -7,8 +7,9 @@
   what those imply: the lr under linear scaling follows from ``optim``, which is shared).
   Claims compare setups of one study, never across studies.
 - A **table** shows the setups of one dataset (by fingerprint), model and budget; its rows
-  are labelled by norm tag plus any other key that varies between them, so two setups are
-  never one row.
+  are labelled by norm tag plus any other key that varies between them and that the row
+  sets (plain BN beside ghost-batch BN is ``bn``, not ``bn · norm.stat_batch=null``), so two
+  setups are never one row.
 
 Torch-free: the report imports it. Records of schema 1 have no ``config``; their setup is
 rebuilt from the flat fields they do have, and their data are "not recorded".
@@ -117,6 +118,8 @@ def annotate(df: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
                     continue
                 if k.startswith(NORM_PREFIX) and len({json.dumps(g.get(k), default=str) for g in same_tag}) == 1:
                     continue  # a norm parameter that only differs between different norms
+                if k not in f:
+                    continue  # not set: records leave a key out at its default (records.NEUTRAL), e.g. plain BN
                 extras.append(f"{k}={_fmt(f.get(k))}")
             labels[df.index.get_loc(i)] = tag + (f" · {', '.join(extras)}" if extras else "")
             others = [e for e in extras if not e.startswith(NORM_PREFIX)]

@@ -239,7 +239,7 @@ def ghost_study(bn_small=(0.50, 0.52, 0.54), gn=(0.70, 0.705, 0.71)) -> list[dic
 def test_ghost_batch_study_compares_statistics_batches_at_one_sgd_batch():
     recs = ghost_study()
     df = frame(recs)
-    assert sorted(set(df.row_label)) == ["bn · norm.stat_batch=2", "bn · norm.stat_batch=null", "gn", "none"]
+    assert sorted(set(df.row_label)) == ["bn", "bn · norm.stat_batch=2", "gn", "none"]
     assert df.study_id.nunique() == 1  # one study: the statistics batch is a norm key
     v = verdict(claims.gn_beats_bn_small_batch, recs)
     assert v.verdict == "supported", v

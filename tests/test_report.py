@@ -295,3 +295,16 @@ def test_a_ghost_batch_figure_plots_error_against_the_statistics_batch(tmp_path)
     # A batch-size study keeps its batch-size axis.
     df, _ = load_records(write_runs(tmp_path / "bs", seeds("bn", 2, [0.5, 0.5]) + seeds("bn", 32, [0.7, 0.7])))
     assert report._x_axis(summarize(setups.annotate(df)[0]))[0] == "batch_size"
+
+
+def test_plain_bn_beside_ghost_batch_bn_is_labelled_bn(tmp_path):
+    """Plain BN's record leaves ``norm.stat_batch`` out (its default); its row is ``bn``, the
+    ghost-batch rows name their statistics batch, and no row says ``null``."""
+    recs = seeds("bn", 32, [0.60, 0.61], stat_batch=2) + seeds("bn", 32, [0.70, 0.71]) + seeds("gn", 32, [0.65, 0.66])
+    df, _ = load_records(write_runs(tmp_path / "runs", recs))
+    labels = sorted(setups.annotate(df)[0].row_label.unique())
+    assert labels == ["bn", "bn · norm.stat_batch=2", "gn"]
+    out = tmp_path / "out"
+    assert report_main([str(tmp_path / "runs"), "--out", str(out), "--quiet"]) == 0
+    md = (out / "tables.md").read_text()
+    assert "| bn | **70.50**" in md and "| bn · norm.stat_batch=2 | 60.50" in md and "null" not in md
