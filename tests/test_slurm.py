@@ -197,7 +197,7 @@ def test_a_job_that_hits_its_time_limit_is_requeued_and_finishes(time_limited):
     tmp, proc = time_limited
     out = proc.communicate(timeout=400)[0]
     assert proc.returncode == 0, out[-3000:]
-    assert "Sweep done: 1 runs (1 ok)" in out
+    assert "Sweep done: 1 runs (1 ok)" in out, out[-3000:]
     (record,) = records(tmp / "runs").values()
     assert record["status"] == "ok"
     assert_resumed(record, epochs=TIME_LIMITED_EPOCHS)
