@@ -57,11 +57,16 @@ def unknown_group_option(overrides: list[str]) -> str | None:
     return None
 
 
+def _logs_override(overrides: list[str]) -> str | None:
+    """The value a ``paths.logs=`` override gives, or None without one."""
+    return next((o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("paths.logs=")), None)
+
+
 def logs_path(overrides: list[str]) -> Path | None:
     """``paths.logs`` as these overrides set it (default ``results/logs`` under the working
     directory); None for an interpolation, which only Hydra resolves."""
-    value = next((o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("paths.logs=")),
-                 "results/logs")
+    value = _logs_override(overrides)
+    value = "results/logs" if value is None else value
     return None if "$" in value else Path(value).expanduser()
 
 
@@ -79,7 +84,7 @@ def unwritable_logs(overrides: list[str]) -> str | None:
     """One line when ``paths.logs`` (Hydra creates it before a run starts) cannot be created or
     written, checked on its nearest existing folder so that nothing is created here; Hydra
     itself would fail with status 1 and a hint about stack traces."""
-    value = next((o.partition("=")[2] for o in overrides if o.lstrip("+").startswith("paths.logs=")), None)
+    value = _logs_override(overrides)
     if value is None or "$" in value:
         return None  # the default (results/logs under the working directory), or an interpolation
     probe = existing_part(Path(value).expanduser())

@@ -28,6 +28,7 @@ from normbench.derived import DERIVED, derive_record
 SCHEMA = 2
 RECORD = "record.json"
 CONFIG = "config.yaml"
+INTERRUPTED = "interrupted"  # the marker file of a run stopped by a signal (docs/records.md)
 #: Outcomes that are final: launching the config again skips it. `failed` runs are retried
 #: (their cause may be transient: out of memory, a full disk).
 FINISHED = ("ok", "diverged")

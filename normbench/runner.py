@@ -54,6 +54,7 @@ from normbench.progress import RunProgress
 from normbench.records import (
     CONFIG,
     FINISHED,
+    INTERRUPTED,
     config_hash,
     experiment_config,
     norm_tag,
@@ -357,7 +358,6 @@ def _bn_eval_at(c: dict[str, Any], model: torch.nn.Module, splits: tuple, seed: 
     return out
 
 
-INTERRUPTED = "interrupted"  # the marker file of a run stopped by a signal (docs/records.md)
 
 
 def _signal_of(err: SystemExit) -> int | None:

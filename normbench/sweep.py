@@ -127,11 +127,11 @@ def status_of(run_dir: Path) -> str:
     """What a run directory says of its run: its record's status (``ok``, ``diverged``,
     ``failed``), or without a record ``running elsewhere`` (another launch holds its lock),
     ``interrupted`` (stopped by a signal) or ``not finished``."""
-    from normbench.records import lock_holder, read_record
+    from normbench.records import INTERRUPTED, lock_holder, read_record
 
     record = read_record(run_dir)
     if record:
         return str(record.get("status", "?"))
     if lock_holder(run_dir):
         return "running elsewhere"
-    return "interrupted" if (run_dir / "interrupted").exists() else "not finished"
+    return "interrupted" if (run_dir / INTERRUPTED).exists() else "not finished"
