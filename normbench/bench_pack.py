@@ -151,7 +151,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5.5, 4))
+    fig, ax = plt.subplots(figsize=(7.5, 4))
     for batch in sorted({r["batch_size"] for r in rows}):
         sel = [r for r in rows if r["batch_size"] == batch]
         line, = ax.plot([r["k"] for r in sel], [r["speedup"] for r in sel], marker="o", label=f"batch {batch}")
@@ -163,7 +163,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("total images/s, packed / separate runs")
     ax.set_title(f"packing speedup ({rows[0]['device']})", fontsize=9)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.02, 1))  # beside the axes: never over a line
     fig.tight_layout()
     fig.savefig(path, dpi=150)
     plt.close(fig)

@@ -16,6 +16,7 @@ import json
 import math
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
@@ -418,7 +419,7 @@ def _against_batch_size(summary: pd.DataFrame, out: Path, name: str, ylabel: str
         ax.set_xticks(xs, [str(b) for b in xs])
         ax.set_xlabel(xlabel)
         ax.set_ylabel(ylabel)
-        ax.set_title(table, fontsize=9)
+        ax.set_title(textwrap.fill(table, 70), fontsize=9)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     _save(fig, out, name)
@@ -453,7 +454,7 @@ def figure_curves(df: pd.DataFrame, out: Path) -> None:
             hist = pd.DataFrame([h for hs in sel[sel.row_label == label].history for h in hs])
             curve = hist.groupby("epoch")[f"{split}_acc"].mean()
             ax.plot(curve.index, 100 * curve.to_numpy(), label=label, markersize=4, **_style(i))
-        ax.set_title(f"{table}, batch {b}", fontsize=7)
+        ax.set_title(textwrap.fill(f"{table}, batch {b}", 70), fontsize=7)  # long titles wrap, not cut
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"{'validation' if split == 'val' else 'test'} accuracy (%)")
